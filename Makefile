@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  make demo   and   make test
+# Both create the virtual environment .venv in the repository root on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test demo test clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The library and its runtime dependencies.
+$(VENV)/.base: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --editable .
+	touch $@
+
+# Plus the test and oracle stack (torch, torchvision, timm, zennit, lxt).
+$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --editable '.[test]'
+	touch $(VENV)/.base $@
+
+setup: $(VENV)/.base
+setup-test: $(VENV)/.test
+
+demo: $(VENV)/.base
+	$(PY) -m experiments.evaluate
+
+test: $(VENV)/.test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,42 @@
+"""Training configs: ``--config=experiments/configs/train.py:model=NAME``.
+
+NAME is a recipe below (``resnet_digits``, ``vit_digits``); append
+``,runlocal`` for a two-epoch smoke run.
+"""
+
+import ml_collections
+
+DIGITS_PREPROCESS = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5),
+                         std=(0.5, 0.5, 0.5))
+
+RECIPES = {
+    # ResNet-18 with a 3x3 stem and a quarter of the width, 32x32 digits.
+    'resnet_digits': dict(
+        model='resnet18_small', model_overrides={}, optimizer='sgd',
+        learning_rate=0.1, momentum=0.9, weight_decay=5e-4, num_epochs=30,
+        warmup_epochs=2, batch_size=64),
+    # A 6-block ViT on 4x4 patches of the 32x32 digits.
+    'vit_digits': dict(
+        model='vit_small_input', model_overrides={}, optimizer='adamw',
+        learning_rate=1e-3, momentum=0.0, weight_decay=0.05, num_epochs=100,
+        warmup_epochs=5, batch_size=64),
+}
+
+
+def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
+  """The config for ``arg`` = ``model=NAME[,runlocal]``."""
+  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
+                 for kv in arg.split(',') if kv)
+  name = options.get('model', 'resnet_digits')
+  if name not in RECIPES:
+    raise ValueError(f'unknown training recipe {name!r}; known: '
+                     f'{", ".join(sorted(RECIPES))}')
+  config = ml_collections.ConfigDict(dict(
+      name=name, dataset='digits', data_dir='', num_classes=10,
+      splits=dict(train='train', validation='validation', test='test'),
+      preprocess=DIGITS_PREPROCESS, seed=0, eval_batch_size=256,
+      augment_shift=2, label_smoothing=0.0, **RECIPES[name]))
+  if options.get('runlocal'):
+    config.num_epochs = 2
+    config.warmup_epochs = 0
+  return config

@@ -1,0 +1,67 @@
+r"""Evaluates checkpoints on their dataset and prints a table.
+
+  python -m experiments.evaluate                       # the shipped checkpoints
+  python -m experiments.evaluate --checkpoints=DIR1,resnet_digits --workdir=DIR
+
+Each checkpoint is a shipped name (``pxp_jax.checkpoints.names()``) or a folder
+written by ``experiments.train``; it is evaluated on the dataset and with the
+preprocessing recorded in its ``model.json``.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+from absl import app, flags
+
+from pxp_jax import checkpoints, data, evaluate
+
+_CHECKPOINTS = flags.DEFINE_list(
+    'checkpoints', None, 'Checkpoint names or folders (default: all shipped).')
+_SPLITS = flags.DEFINE_list('splits', ['validation', 'test'], 'Splits.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'If set, results.json is written there.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  names = _CHECKPOINTS.value or checkpoints.names()
+  if not names:
+    raise app.UsageError('no checkpoints given and none shipped')
+  rows = []
+  for name in names:
+    start = time.time()
+    model, variables = checkpoints.load(name)
+    recipe = checkpoints.recipe(name)
+    preprocess = data.Preprocess(**recipe['preprocess'])
+    row = dict(checkpoint=str(name), model=recipe['model'],
+               params=sum(x.size for x in jax.tree.leaves(variables['params'])))
+    for split in _SPLITS.value:
+      source = data.load(recipe['dataset'], split, data_dir=_DATA_DIR.value)
+      row[split] = evaluate.accuracy(model, variables,
+                                     data.batches(source, preprocess, 256))
+    row['seconds'] = round(time.time() - start, 1)
+    rows.append(row)
+    print(f'evaluated {name} in {row["seconds"]} s', flush=True)
+
+  header = ['checkpoint', 'model', 'params', *_SPLITS.value]
+  widths = [max(len(h), *(len(_cell(r[h])) for r in rows)) for h in header]
+  line = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+  print(line(header))
+  for r in rows:
+    print(line([_cell(r[h]) for h in header]))
+  if _WORKDIR.value:
+    out = pathlib.Path(_WORKDIR.value)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'results.json').write_text(json.dumps(rows, indent=2) + '\n')
+
+
+def _cell(value) -> str:
+  return f'{value:.2%}' if isinstance(value, float) else str(value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,90 @@
+"""VGG-11/13/16, with or without BatchNorm, with torchvision's module names.
+
+Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
+Recognition", ICLR 2015. ``features.K`` numbers every layer of the feature
+stack as torchvision's ``nn.Sequential`` does (conv, [BatchNorm], ReLU,
+max-pool), ``classifier.0/3/6`` are the dense layers (dropout, an identity at
+evaluation, is left out but keeps its index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+
+from pxp_jax.models import layers
+
+# Feature-stack widths; 'M' is a 2x2 max-pool (torchvision's cfgs A, B, D).
+CONFIGS = {
+    'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+    'vgg13': (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512,
+              512, 'M'),
+    'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512,
+              'M', 512, 512, 512, 'M'),
+}
+
+
+class Features(nn.Module):
+  """The convolutional stack, layers named by their torchvision index."""
+
+  config: Sequence[int | str]
+  batch_norm: bool
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    index = 0
+    for v in self.config:
+      if v == 'M':
+        x = layers.MaxPool(2, 2, name=str(index))(x)
+        index += 1
+        continue
+      x = layers.conv(v, 3, 1, 1, name=str(index))(x)
+      index += 1
+      if self.batch_norm:
+        x = layers.batch_norm(train, str(index))(x)
+        index += 1
+      x = layers.ReLU(name=str(index))(x)
+      index += 1
+    return x
+
+
+class Classifier(nn.Module):
+  """``0`` dense, ``1`` ReLU, ``3`` dense, ``4`` ReLU, ``6`` dense."""
+
+  hidden: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    dense = lambda n, name: nn.Dense(  # noqa: E731
+        n, name=name, kernel_init=nn.initializers.normal(0.01))
+    x = layers.ReLU(name='1')(dense(self.hidden, '0')(x))
+    x = layers.ReLU(name='4')(dense(self.hidden, '3')(x))
+    return dense(self.num_classes, '6')(x)
+
+
+class VGG(nn.Module):
+  """torchvision's VGG on NHWC inputs; returns logits.
+
+  Attributes:
+    config: widths of the conv layers and 'M' for max-pools (``CONFIGS``).
+    batch_norm: BatchNorm after every conv (the ``_bn`` variants).
+    num_classes: outputs of ``classifier.6``.
+    hidden: width of the two hidden dense layers (4096 in torchvision).
+    pool_size: output of the adaptive average pool (7x7 in torchvision).
+  """
+
+  config: Sequence[int | str] = CONFIGS['vgg16']
+  batch_norm: bool = False
+  num_classes: int = 1000
+  hidden: int = 4096
+  pool_size: tuple[int, int] = (7, 7)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    layers.check_images(x)
+    x = Features(tuple(self.config), self.batch_norm, name='features')(x, train)
+    x = layers.AdaptiveAvgPool(tuple(self.pool_size), name='avgpool')(x)
+    x = layers.Flatten(name='flatten')(x)
+    return Classifier(self.hidden, self.num_classes, name='classifier')(x)

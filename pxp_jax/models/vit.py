@@ -1,0 +1,147 @@
+"""Vision Transformer, the same network as timm's and torchvision's ViT.
+
+Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021: patch
+embedding by a strided conv, a class token, learned position embeddings,
+pre-LayerNorm blocks (multi-head self-attention, GELU MLP), a final LayerNorm
+and a linear head on the class token. Module paths follow timm
+(``patch_embed.proj``, ``blocks.3.attn.qkv``, ``blocks.3.mlp.fc1``, ``head``);
+the attention's parts are separate modules (``qkv``, ``qk`` = Q K^T,
+``softmax``, ``av`` = A V, ``proj``) so that AttnLRP rules and head masks
+reach them. big_vision / original-ViT checkpoints hold the same parameters in
+another layout; ``pxp_jax.convert`` maps them both ways.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from pxp_jax.models import layers
+
+_DENSE_INIT = nn.initializers.xavier_uniform()
+
+
+def _dense(features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, name=name, kernel_init=_DENSE_INIT)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention: softmax(Q K^T / sqrt(d)) V, then ``proj``."""
+
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x):
+    n, tokens, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f'width {width} is not divisible by num_heads '
+                       f'{self.num_heads}')
+    head_dim = width // self.num_heads
+    qkv = _dense(3 * width, 'qkv')(x)
+    # (N, T, 3, H, D) -> three (N, H, T, D)
+    qkv = qkv.reshape(n, tokens, 3, self.num_heads, head_dim)
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+    scores = layers.MatMul(name='qk')(q * head_dim**-0.5, k.swapaxes(-1, -2))
+    attn = layers.Softmax(name='softmax')(scores)
+    out = layers.MatMul(name='av')(attn, v)
+    out = out.transpose(0, 2, 1, 3).reshape(n, tokens, width)
+    return _dense(width, 'proj')(out)
+
+
+class Mlp(nn.Module):
+  """``fc1`` -> GELU (``act``) -> ``fc2``."""
+
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = layers.GELU(name='act')(_dense(self.hidden, 'fc1')(x))
+    return _dense(x.shape[-1], 'fc2')(y)
+
+
+class Block(nn.Module):
+  """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+  num_heads: int
+  mlp_dim: int
+  ln_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    y = Attention(self.num_heads, name='attn')(
+        nn.LayerNorm(self.ln_eps, name='norm1')(x))
+    x = layers.Sum(name='residual1')(x, y)
+    y = Mlp(self.mlp_dim, name='mlp')(nn.LayerNorm(self.ln_eps, name='norm2')(x))
+    return layers.Sum(name='residual2')(x, y)
+
+
+class Blocks(nn.Module):
+  """``blocks.0 .. blocks.{depth-1}``."""
+
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  ln_eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.depth):
+      x = Block(self.num_heads, self.mlp_dim, self.ln_eps, name=str(i))(x)
+    return x
+
+
+class PatchEmbed(nn.Module):
+  """``proj``: a patch_size-strided conv, then flattened to tokens."""
+
+  patch_size: int
+  width: int
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), (p, p), padding='VALID', name='proj',
+                kernel_init=nn.initializers.lecun_normal())(x)
+    return x.reshape(x.shape[0], -1, self.width)
+
+
+class ViT(nn.Module):
+  """ViT classifier on NHWC inputs; returns the logits of the class token.
+
+  Attributes:
+    image_size: input height and width (fixes the number of positions).
+    patch_size: side of the square patches.
+    width: token width (embed dim).
+    depth: number of blocks.
+    num_heads: attention heads per block.
+    mlp_dim: hidden width of the MLP (4 x width in the standard sizes).
+    num_classes: outputs of ``head``.
+    ln_eps: LayerNorm epsilon (1e-6 in timm, torchvision and big_vision).
+  """
+
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  num_classes: int = 1000
+  ln_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no dropout and no BatchNorm: the same network either way
+    layers.check_images(x, size=(self.image_size, self.image_size))
+    if self.image_size % self.patch_size:
+      raise ValueError(f'image_size {self.image_size} is not a multiple of '
+                       f'patch_size {self.patch_size}')
+    x = PatchEmbed(self.patch_size, self.width, name='patch_embed')(x)
+    cls = self.param('cls_token', nn.initializers.zeros, (1, 1, self.width))
+    pos = self.param('pos_embed', nn.initializers.normal(0.02),
+                     (1, x.shape[1] + 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)),
+                         x], axis=1) + pos
+    x = Blocks(self.depth, self.num_heads, self.mlp_dim, self.ln_eps,
+               name='blocks')(x)
+    x = nn.LayerNorm(self.ln_eps, name='norm')(x)
+    return nn.Dense(self.num_classes, name='head',
+                    kernel_init=nn.initializers.zeros)(x[:, 0])

@@ -1,0 +1,192 @@
+"""Supervised training with optax, resumable from orbax checkpoints.
+
+``train_and_evaluate(config, workdir)`` trains ``config.model`` on
+``config.dataset``, saves a checkpoint in ``workdir/checkpoints`` after every
+epoch (a re-run with the same workdir continues from the last one), and at the
+end writes ``workdir/results.json`` (validation and test accuracy) and an
+exported model in ``workdir/export`` that ``pxp_jax.checkpoints.load`` reads.
+The config is described in ``experiments/configs/train.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+
+from pxp_jax import checkpoints, data, evaluate, models
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def _optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  total = config.num_epochs * steps_per_epoch
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_epochs * steps_per_epoch, total)
+  if config.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(schedule, config.momentum, nesterov=True))
+  if config.optimizer == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+  raise ValueError(f'unknown optimizer {config.optimizer!r}; use sgd or adamw')
+
+
+def _shift(images, key, pixels: int):
+  """Random translation by up to ``pixels`` (edge padding), per example."""
+  if pixels == 0:
+    return images
+  n, h, w, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (pixels,) * 2, (pixels,) * 2, (0, 0)),
+                   mode='edge')
+  offsets = jax.random.randint(key, (n, 2), 0, 2 * pixels + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(  # noqa: E731
+      img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  return jax.vmap(crop)(padded, offsets)
+
+
+@functools.partial(jax.jit, static_argnames=('shift', 'smoothing'))
+def _train_step(state: TrainState, images, labels, key, shift: int,
+                smoothing: float):
+  images = _shift(images, key, shift)
+
+  def loss_fn(params):
+    variables = {'params': params}
+    if state.batch_stats is not None:
+      variables['batch_stats'] = state.batch_stats
+      logits, updates = state.apply_fn(variables, images, train=True,
+                                       mutable=['batch_stats'])
+    else:
+      logits, updates = state.apply_fn(variables, images, train=True), {}
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  if updates:
+    state = state.replace(batch_stats=updates['batch_stats'])
+  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+  return state, loss, correct
+
+
+def _variables(state: TrainState) -> dict[str, Any]:
+  out = {'params': state.params}
+  if state.batch_stats is not None:
+    out['batch_stats'] = state.batch_stats
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains, checkpoints every epoch, evaluates, exports; returns the results.
+
+  Args:
+    config: see ``experiments/configs/train.py``.
+    workdir: output folder; an existing one is resumed.
+
+  Returns:
+    The dict written to ``workdir/results.json``.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_same_config(workdir, config)
+  preprocess = data.Preprocess(**config.preprocess)
+  split = lambda name: data.load(config.dataset, name,  # noqa: E731
+                                 data_dir=config.data_dir or None)
+  train_source = split(config.splits.train)
+  model = models.create(config.model, config.num_classes,
+                        **config.model_overrides)
+  steps_per_epoch = len(train_source) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the '
+                     f'{len(train_source)} training examples')
+
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  size = preprocess.crop_size
+  variables = model.init(init_key, jnp.zeros((1, size, size, 3), jnp.float32))
+  state = TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      tx=_optimizer(config, steps_per_epoch),
+      batch_stats=variables.get('batch_stats'))
+
+  manager = ocp.CheckpointManager(
+      workdir / 'checkpoints',
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  start_epoch = 0
+  if manager.latest_step() is not None:
+    start_epoch = manager.latest_step()
+    state = manager.restore(start_epoch,
+                            args=ocp.args.StandardRestore(state))
+    logging.info('resuming from epoch %d in %s', start_epoch, workdir)
+
+  val_source = split(config.splits.validation)
+  for epoch in range(start_epoch, config.num_epochs):
+    start = time.time()
+    loss_sum = correct = seen = 0
+    for step, batch in enumerate(data.batches(
+        train_source, preprocess, config.batch_size, shuffle=True,
+        seed=config.seed + epoch, drop_remainder=True)):
+      key = jax.random.fold_in(step_key, epoch * steps_per_epoch + step)
+      state, loss, right = _train_step(
+          state, batch['image'], batch['label'], key,
+          config.augment_shift, config.label_smoothing)
+      loss_sum += float(loss) * len(batch['label'])
+      correct += int(right)
+      seen += len(batch['label'])
+    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+    val_acc = evaluate.accuracy(model, _variables(state), data.batches(
+        val_source, preprocess, config.eval_batch_size))
+    logging.info('epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  '
+                 '(%.1fs)', epoch + 1, config.num_epochs, loss_sum / seen,
+                 correct / seen, val_acc, time.time() - start)
+  manager.wait_until_finished()
+  manager.close()
+
+  variables = _variables(state)
+  accuracy = {
+      name: evaluate.accuracy(model, variables, data.batches(
+          split(getattr(config.splits, name)), preprocess,
+          config.eval_batch_size))
+      for name in ('validation', 'test')}
+  results = dict(model=config.name, validation_accuracy=accuracy['validation'],
+                 test_accuracy=accuracy['test'], epochs=config.num_epochs)
+  export = workdir / 'export'
+  if not (export / checkpoints.RECIPE).exists():
+    checkpoints.save(
+        export, config.model, variables, num_classes=config.num_classes,
+        overrides=config.model_overrides.to_dict(), dataset=config.dataset,
+        preprocess=config.preprocess.to_dict(), **results)
+  (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  logging.info('test accuracy %.4f, validation accuracy %.4f; exported to %s',
+               accuracy['test'], accuracy['validation'], export)
+  return results
+
+
+def _check_same_config(workdir: pathlib.Path, config) -> None:
+  """A workdir belongs to one config: refuse to resume a different one."""
+  saved = workdir / 'config.json'
+  current = json.loads(config.to_json_best_effort(sort_keys=True))
+  if saved.exists():
+    previous = json.loads(saved.read_text())
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
+      raise ValueError(f'{workdir} holds a run with a different config '
+                       f'(differs in: {", ".join(changed)}); use a new '
+                       '--workdir or the same config to resume')
+  else:
+    saved.write_text(json.dumps(current, indent=2, sort_keys=True) + '\n')
