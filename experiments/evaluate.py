@@ -13,7 +13,7 @@ import pathlib
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from pxp_jax import checkpoints, data, evaluate
 
@@ -28,6 +28,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   names = _CHECKPOINTS.value or checkpoints.names()
   if not names:
     raise app.UsageError('no checkpoints given and none shipped')

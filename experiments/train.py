@@ -21,7 +21,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (resumable).',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(f"test accuracy {results['test_accuracy']:.4f}  "
         f"validation accuracy {results['validation_accuracy']:.4f}")

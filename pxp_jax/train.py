@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax.training import train_state
 
 from pxp_jax import checkpoints, data, evaluate, models
@@ -131,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     start_epoch = manager.latest_step()
     state = manager.restore(start_epoch,
                             args=ocp.args.StandardRestore(state))
-    logging.info('resuming from epoch %d in %s', start_epoch, workdir)
+    print(f'resuming from epoch {start_epoch} in {workdir}', flush=True)
 
   val_source = split(config.splits.validation)
   for epoch in range(start_epoch, config.num_epochs):
@@ -150,9 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     manager.save(epoch + 1, args=ocp.args.StandardSave(state))
     val_acc = evaluate.accuracy(model, _variables(state), data.batches(
         val_source, preprocess, config.eval_batch_size))
-    logging.info('epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  '
-                 '(%.1fs)', epoch + 1, config.num_epochs, loss_sum / seen,
-                 correct / seen, val_acc, time.time() - start)
+    print(f'epoch {epoch + 1}/{config.num_epochs}  loss {loss_sum / seen:.4f}'
+          f'  train acc {correct / seen:.4f}  val acc {val_acc:.4f}'
+          f'  ({time.time() - start:.1f}s)', flush=True)
   manager.wait_until_finished()
   manager.close()
 
@@ -162,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           split(getattr(config.splits, name)), preprocess,
           config.eval_batch_size))
       for name in ('validation', 'test')}
-  results = dict(model=config.name, validation_accuracy=accuracy['validation'],
+  results = dict(checkpoint=config.name, validation_accuracy=accuracy['validation'],
                  test_accuracy=accuracy['test'], epochs=config.num_epochs)
   export = workdir / 'export'
   if not (export / checkpoints.RECIPE).exists():
@@ -171,8 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         overrides=config.model_overrides.to_dict(), dataset=config.dataset,
         preprocess=config.preprocess.to_dict(), **results)
   (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-  logging.info('test accuracy %.4f, validation accuracy %.4f; exported to %s',
-               accuracy['test'], accuracy['validation'], export)
+  print(f'exported to {export}', flush=True)
   return results
 
 

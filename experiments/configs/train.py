@@ -15,9 +15,11 @@ RECIPES = {
         model='resnet18_small', model_overrides={}, optimizer='sgd',
         learning_rate=0.1, momentum=0.9, weight_decay=5e-4, num_epochs=30,
         warmup_epochs=2, batch_size=64),
-    # A 6-block ViT on 4x4 patches of the 32x32 digits.
+    # A 4-block, 64-wide ViT with 4 heads on 4x4 patches of the 32x32 digits.
     'vit_digits': dict(
-        model='vit_small_input', model_overrides={}, optimizer='adamw',
+        model='vit_small_input',
+        model_overrides=dict(width=64, depth=4, num_heads=4, mlp_dim=128),
+        optimizer='adamw',
         learning_rate=1e-3, momentum=0.0, weight_decay=0.05, num_epochs=100,
         warmup_epochs=5, batch_size=64),
 }
