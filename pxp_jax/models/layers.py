@@ -118,6 +118,19 @@ class Flatten(nn.Module):
     return x.transpose(0, 3, 1, 2).reshape((x.shape[0], -1))
 
 
+class Conv(nn.Conv):
+  """flax's Conv that also adds a ``bias`` found in its variables when it was
+  built without one: folding a BatchNorm into a bias-free conv
+  (``pxp_jax.canonize``) gives it a bias, and the model keeps working."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    y = super().__call__(inputs)
+    if not self.use_bias and self.has_variable('params', 'bias'):
+      y = y + self.get_variable('params', 'bias')
+    return y
+
+
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
@@ -125,7 +138,7 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
          bias: bool = True, name: str | None = None, dtype=None) -> nn.Conv:
   """A torch-style 2-D convolution with explicit symmetric padding and
   torchvision's Kaiming-normal (fan-out) initialisation."""
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
+  return Conv(features, (kernel, kernel), (stride, stride),
                  padding=((padding, padding), (padding, padding)),
                  use_bias=bias, name=name, dtype=dtype,
                  kernel_init=KAIMING_FAN_OUT)

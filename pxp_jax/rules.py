@@ -1,0 +1,356 @@
+"""LRP rules as custom VJPs, in the gradient x input convention.
+
+The cotangent ``g`` at a tensor ``a`` carries relevance ``R_a = a * g``
+(the convention of LXT's efficient AttnLRP, Achtibat et al., ICML 2024), so the
+plain gradient already is the right rule for ReLU, max-pooling, reshapes and
+fan-out, and a rule only has to say what cotangent to send to its inputs.
+Each rule below is a pure function of arrays; its hyperparameters are array
+leaves of a rule pytree, so changing them (or switching the rule of a linear
+layer between Epsilon, ZPlus, AlphaBeta, Gamma, ...) never recompiles.
+
+Dense and conv rules follow zennit's definitions (Anders et al., 2021) with
+``stab(z) = z + eps * sign(z)``, ``sign(0) = +1``; see ``LinearRule``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# Rule ids of LinearRule.rule (an array, so a search can switch them).
+LINEAR_RULES = ('epsilon', 'zplus', 'alpha_beta', 'gamma', 'zbox', 'flat',
+                'wsquare')
+EPSILON, ZPLUS, ALPHA_BETA, GAMMA, ZBOX, FLAT, WSQUARE = range(7)
+
+
+def stabilize(z, eps):
+  """``z + eps * sign(z)`` with ``sign(0) = +1`` (zennit's stabiliser)."""
+  return z + eps * jnp.where(z >= 0, 1, -1).astype(z.dtype)
+
+
+def _f32(v):
+  return jnp.asarray(v, jnp.float32)
+
+
+@flax.struct.dataclass
+class LinearRule:
+  """Hyperparameters of a Dense / Conv rule; every field is an array leaf.
+
+  With ``y = W x + b``, ``x+ = max(x, 0)``, ``W+ = max(W, 0)`` (likewise
+  ``-``), ``R`` the relevance at the output and ``k = 0`` if ``zero_bias``
+  else 1 (zennit's ``zero_params='bias'``):
+
+  - epsilon: ``R_x = x * W^T [R / stab(W x + k b)]`` (Bach et al., 2015).
+  - zplus: ``R_x = x+ W+^T s + x- W-^T s``, ``s = R / stab(W+ x+ + W- x- + k b+)``.
+  - alpha_beta: ``alpha`` times the zplus term minus ``beta`` times the same
+    term with the weight signs swapped (``W- x+ + W+ x- + k b-``).
+  - gamma (generalised, Andeol et al., 2021): ``W_g± = W + gamma W±``,
+    ``b_g± = b + gamma b±``; where ``y > 0``: ``s = R / stab(W_g+ x+ + W_g- x- + k b_g+)``,
+    ``R_x = x+ W_g+^T s + x- W_g-^T s``; where ``y < 0`` the roles swap.
+  - zbox(low, high): ``R_x = x W^T s - low W+^T s - high W-^T s``,
+    ``s = R / stab(W x - W+ low - W- high)`` (Montavon et al., 2017).
+  - wsquare: ``R_x = (W^2)^T [R / stab(W^2 1 + k b^2)]``; flat: wsquare with
+    ``W = 1`` and no bias.
+  """
+
+  rule: jax.Array
+  eps: jax.Array
+  gamma: jax.Array
+  alpha: jax.Array
+  beta: jax.Array
+  low: jax.Array
+  high: jax.Array
+  zero_bias: jax.Array
+
+  @property
+  def name(self) -> str:
+    return LINEAR_RULES[int(self.rule)]
+
+
+def linear_rule(rule: str | int, *, eps=1e-6, gamma=0.25, alpha=2.0, beta=1.0,
+                low=0.0, high=0.0, zero_bias=False) -> LinearRule:
+  """A ``LinearRule`` by name (``LINEAR_RULES``) with its hyperparameters."""
+  if isinstance(rule, str):
+    if rule not in LINEAR_RULES:
+      raise ValueError(f'unknown linear-layer rule {rule!r}; known: '
+                       f'{", ".join(LINEAR_RULES)}')
+    rule = LINEAR_RULES.index(rule)
+  return LinearRule(
+      rule=jnp.asarray(rule, jnp.int32), eps=_f32(eps), gamma=_f32(gamma),
+      alpha=_f32(alpha), beta=_f32(beta), low=_f32(low), high=_f32(high),
+      zero_bias=jnp.asarray(zero_bias, jnp.bool_))
+
+
+def epsilon(eps=1e-6, zero_bias=False) -> LinearRule:
+  return linear_rule('epsilon', eps=eps, zero_bias=zero_bias)
+
+
+def zplus(eps=1e-6, zero_bias=False) -> LinearRule:
+  return linear_rule('zplus', eps=eps, zero_bias=zero_bias)
+
+
+def alpha_beta(alpha=2.0, beta=1.0, eps=1e-6, zero_bias=False) -> LinearRule:
+  if not isinstance(alpha, jax.core.Tracer) and abs(alpha - beta - 1) > 1e-6:
+    raise ValueError(f'alpha - beta must be 1 to conserve relevance, got '
+                     f'alpha={alpha}, beta={beta}')
+  return linear_rule('alpha_beta', alpha=alpha, beta=beta, eps=eps,
+                     zero_bias=zero_bias)
+
+
+def gamma(gamma=0.25, eps=1e-6, zero_bias=False) -> LinearRule:  # pylint: disable=redefined-outer-name
+  return linear_rule('gamma', gamma=gamma, eps=eps, zero_bias=zero_bias)
+
+
+def zbox(low, high, eps=1e-6) -> LinearRule:
+  """ZBox for inputs bounded by ``low`` and ``high`` (scalars or per channel)."""
+  return linear_rule('zbox', low=low, high=high, eps=eps)
+
+
+def flat(eps=1e-6) -> LinearRule:
+  return linear_rule('flat', eps=eps)
+
+
+def wsquare(eps=1e-6, zero_bias=False) -> LinearRule:
+  return linear_rule('wsquare', eps=eps, zero_bias=zero_bias)
+
+
+def _pos(a):
+  return jnp.maximum(a, 0)
+
+
+def _neg(a):
+  return jnp.minimum(a, 0)
+
+
+def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None):
+  """``apply(x, kernel) + bias`` whose backward pass is the LRP ``rule``.
+
+  Args:
+    apply: the layer's bias-free linear map ``(x, kernel) -> y`` (a dense
+      product or a convolution with the layer's strides and padding).
+    x: the layer input.
+    kernel: its weights.
+    bias: its bias (broadcast over the output), zeros for none.
+    rule: the rule and its hyperparameters.
+    probe: optional zeros shaped like ``x``; its cotangent is the input
+      relevance ``R_x`` itself, which the input-space rules (zbox, flat,
+      wsquare) cannot express as ``x * cotangent``.
+
+  Returns:
+    The layer output, identical to the forward pass without a rule.
+  """
+  return _linear(apply)(x, kernel, bias, rule,
+                        jnp.zeros_like(x) if probe is None else probe)
+
+
+def _linear(apply):
+
+  @jax.custom_vjp
+  def f(x, kernel, bias, rule, probe):
+    del rule, probe
+    return apply(x, kernel) + bias
+
+  def fwd(x, kernel, bias, rule, probe):
+    y = f(x, kernel, bias, rule, probe)
+    return y, (x, kernel, bias, rule, y)
+
+  def bwd(res, g):
+    x, kernel, bias, rule, y = res
+    relevance = y * g
+    input_relevance, cotangent = _linear_backward(apply, x, kernel, bias, rule,
+                                                  y, relevance)
+    zeros = jax.tree.map(jnp.zeros_like, (kernel, bias, rule))
+    return (cotangent, *zeros, input_relevance)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def _linear_backward(apply, x, kernel, bias, rule, y, relevance):
+  """(R_x, cotangent of x) of a Dense/Conv layer under ``rule``."""
+  eps = rule.eps.astype(x.dtype)
+  keep = jnp.where(rule.zero_bias, 0, 1).astype(x.dtype)
+  xp, xn = _pos(x), _neg(x)
+  # Negative inputs are common only in the input layer: skip their products
+  # (a conv each) when there are none, as for inputs after a ReLU.
+  has_neg = jnp.any(x < 0)
+  zeros_out = jnp.zeros_like(y)
+  zeros_in = jnp.zeros_like(x)
+
+  def fwd(a, w):
+    return apply(a, w)
+
+  def fwd_neg(w):
+    return jax.lax.cond(has_neg, lambda: apply(xn, w), lambda: zeros_out)
+
+  def back(w, s):
+    return jax.linear_transpose(lambda a: apply(a, w), x)(s)[0]
+
+  def back_neg(w, s):
+    return jax.lax.cond(has_neg, lambda: back(w, s), lambda: zeros_in)
+
+  wp, wn = _pos(kernel), _neg(kernel)
+  pos_x = (x > 0).astype(x.dtype)
+  neg_x = (x < 0).astype(x.dtype)
+
+  def signed(a, b, s):
+    """Cotangent ``1[x>0] a^T s + 1[x<0] b^T s`` (so R_x = x+ a^T s + x- b^T s)."""
+    return pos_x * back(a, s) + neg_x * back_neg(b, s)
+
+  def as_relevance(cotangent):
+    return x * cotangent, cotangent
+
+  def from_relevance(r):
+    safe = jnp.where(x == 0, 1, x)
+    return r, jnp.where(x == 0, 0, r / safe)
+
+  def eps_rule():
+    s = relevance / stabilize(y - bias + keep * bias, eps)
+    return as_relevance(back(kernel, s))
+
+  def zplus_rule():
+    z = fwd(xp, wp) + fwd_neg(wn) + keep * _pos(bias)
+    return as_relevance(signed(wp, wn, relevance / stabilize(z, eps)))
+
+  def alpha_beta_rule():
+    sp = relevance / stabilize(fwd(xp, wp) + fwd_neg(wn) + keep * _pos(bias),
+                               eps)
+    sn = relevance / stabilize(fwd(xp, wn) + fwd_neg(wp) + keep * _neg(bias),
+                               eps)
+    return as_relevance(rule.alpha * signed(wp, wn, sp)
+                        - rule.beta * signed(wn, wp, sn))
+
+  def gamma_rule():
+    g = rule.gamma.astype(x.dtype)
+    wgp, wgn = kernel + g * wp, kernel + g * wn
+    bgp, bgn = bias + g * _pos(bias), bias + g * _neg(bias)
+    zp = fwd(xp, wgp) + fwd_neg(wgn) + keep * bgp
+    zn = fwd(xp, wgn) + fwd_neg(wgp) + keep * bgn
+    sp = jnp.where(y > 0, relevance / stabilize(zp, eps), 0)
+    sn = jnp.where(y < 0, relevance / stabilize(zn, eps), 0)
+    return as_relevance(signed(wgp, wgn, sp) + signed(wgn, wgp, sn))
+
+  def zbox_rule():
+    low = jnp.broadcast_to(rule.low.astype(x.dtype), x.shape)
+    high = jnp.broadcast_to(rule.high.astype(x.dtype), x.shape)
+    z = fwd(x, kernel) - fwd(low, wp) - fwd(high, wn)
+    s = relevance / stabilize(z, eps)
+    return from_relevance(x * back(kernel, s) - low * back(wp, s)
+                          - high * back(wn, s))
+
+  def square_rule(w, b):
+    s = relevance / stabilize(fwd(jnp.ones_like(x), w) + b, eps)
+    return from_relevance(back(w, s))
+
+  def flat_rule():
+    return square_rule(jnp.ones_like(kernel), 0)
+
+  def wsquare_rule():
+    return square_rule(kernel**2, keep * bias**2)
+
+  return jax.lax.switch(rule.rule, [eps_rule, zplus_rule, alpha_beta_rule,
+                                    gamma_rule, zbox_rule, flat_rule,
+                                    wsquare_rule])
+
+
+# Rules for parameter-free operations -------------------------------------
+
+
+def norm(op: Callable, xs: tuple, eps):
+  """``op(*xs)`` for a linear ``op`` (residual sum, average pooling) with the
+  Norm rule: ``R_i = x_i * J_i^T [R / stab(op(x))]`` (zennit's Norm: Epsilon
+  without parameters)."""
+
+  @jax.custom_vjp
+  def f(xs, eps):
+    return op(*xs)
+
+  def fwd(xs, eps):
+    y = op(*xs)
+    return y, (xs, eps, y)
+
+  def bwd(res, g):
+    xs, eps, y = res
+    s = y * g / stabilize(y, eps.astype(y.dtype))
+    _, vjp = jax.vjp(op, *xs)
+    return vjp(s), jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(tuple(xs), eps)
+
+
+def identity(fn: Callable, x, eps):
+  """``fn(x)`` for an elementwise ``fn`` (GELU, SiLU) with the identity rule
+  ``R_x = R_y`` (AttnLRP, Prop. 3.2): the cotangent is ``g * fn(x) / stab(x)``."""
+
+  @jax.custom_vjp
+  def f(x, eps):
+    return fn(x)
+
+  def fwd(x, eps):
+    y = fn(x)
+    return y, (x, eps, y)
+
+  def bwd(res, g):
+    x, eps, y = res
+    return g * y / stabilize(x, eps.astype(x.dtype)), jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(x, eps)
+
+
+def layer_norm(x, scale, bias, *, epsilon: float, eps):
+  """LayerNorm over the last axis with AttnLRP's rule: the identity rule on
+  the division by the standard deviation (Prop. 3.4) and Epsilon on the rest,
+  i.e. Epsilon on the layer with ``1/std`` held constant (as LXT does)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  inv = jax.lax.stop_gradient(jax.lax.rsqrt(
+      jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + epsilon))
+
+  def affine(a):
+    out = (a - jnp.mean(a, axis=-1, keepdims=True)) * inv
+    if scale is not None:
+      out = out * scale
+    return out + (0 if bias is None else bias)
+
+  @jax.custom_vjp
+  def f(x, eps):
+    return affine(x)
+
+  def fwd(x, eps):
+    y = affine(x)
+    return y, (x, eps, y)
+
+  def bwd(res, g):
+    x, eps, y = res
+    _, vjp = jax.vjp(affine, x)
+    return vjp(y * g / stabilize(y, eps.astype(y.dtype)))[0], jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(x, eps)
+
+
+def matmul_half(a, b, eps):
+  """``a @ b`` of two activations with AttnLRP's uniform rule (Prop. 3.3):
+  ``R_a = a * ([R / stab(2 y)] b^T)``, ``R_b = b * (a^T [R / stab(2 y)])``,
+  half of the relevance to each factor."""
+
+  @jax.custom_vjp
+  def f(a, b, eps):
+    return jnp.matmul(a, b)
+
+  def fwd(a, b, eps):
+    y = jnp.matmul(a, b)
+    return y, (a, b, eps, y)
+
+  def bwd(res, g):
+    a, b, eps, y = res
+    s = y * g / stabilize(2 * y, eps.astype(y.dtype))
+    return (jnp.matmul(s, jnp.swapaxes(b, -1, -2)),
+            jnp.matmul(jnp.swapaxes(a, -1, -2), s), jnp.zeros_like(eps))
+
+  f.defvjp(fwd, bwd)
+  return f(a, b, eps)
