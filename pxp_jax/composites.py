@@ -158,10 +158,10 @@ class Composite:
 
 
 def _as_arrays(rule):
-  """Rule hyperparameters as float32 arrays, so they are traced, not static."""
+  """Rule hyperparameters as float arrays, so they are traced, not static."""
   if isinstance(rule, rules.LinearRule):
     return rule
-  fields = {f.name: jnp.asarray(getattr(rule, f.name), jnp.float32)
+  fields = {f.name: jnp.asarray(getattr(rule, f.name), jnp.result_type(float))
             for f in dataclasses.fields(rule)}
   return rule.replace(**fields) if fields else rule
 

@@ -88,6 +88,11 @@ def attribute(model: nn.Module, variables, inputs, targets,
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
   result = _attribute(model, variables, inputs, targets, composite, init,
                       absolute_tokens)
+  if not isinstance(targets, jax.core.Tracer):
+    num_classes = result.logits.shape[-1]
+    if np.any((np.asarray(targets) < 0) | (np.asarray(targets) >= num_classes)):
+      raise ValueError(f'targets must lie in [0, {num_classes}) for this '
+                       f'model, got {np.asarray(targets).tolist()}')
   if check_finite and not isinstance(result.input, jax.core.Tracer):
     _raise_if_not_finite(result)
   return result

@@ -31,8 +31,9 @@ def stabilize(z, eps):
   return z + eps * jnp.where(z >= 0, 1, -1).astype(z.dtype)
 
 
-def _f32(v):
-  return jnp.asarray(v, jnp.float32)
+def _float(v):
+  """An array of the default float type (float64 when x64 is enabled)."""
+  return jnp.asarray(v, jnp.result_type(float))
 
 
 @flax.struct.dataclass
@@ -79,8 +80,8 @@ def linear_rule(rule: str | int, *, eps=1e-6, gamma=0.25, alpha=2.0, beta=1.0,
                        f'{", ".join(LINEAR_RULES)}')
     rule = LINEAR_RULES.index(rule)
   return LinearRule(
-      rule=jnp.asarray(rule, jnp.int32), eps=_f32(eps), gamma=_f32(gamma),
-      alpha=_f32(alpha), beta=_f32(beta), low=_f32(low), high=_f32(high),
+      rule=jnp.asarray(rule, jnp.int32), eps=_float(eps), gamma=_float(gamma),
+      alpha=_float(alpha), beta=_float(beta), low=_float(low), high=_float(high),
       zero_bias=jnp.asarray(zero_bias, jnp.bool_))
 
 
@@ -279,7 +280,7 @@ def norm(op: Callable, xs: tuple, eps):
     return vjp(s), jnp.zeros_like(eps)
 
   f.defvjp(fwd, bwd)
-  return f(tuple(xs), eps)
+  return f(tuple(xs), jnp.asarray(eps))
 
 
 def identity(fn: Callable, x, eps):
@@ -299,7 +300,7 @@ def identity(fn: Callable, x, eps):
     return g * y / stabilize(x, eps.astype(x.dtype)), jnp.zeros_like(eps)
 
   f.defvjp(fwd, bwd)
-  return f(x, eps)
+  return f(x, jnp.asarray(eps))
 
 
 def layer_norm(x, scale, bias, *, epsilon: float, eps):
@@ -330,7 +331,7 @@ def layer_norm(x, scale, bias, *, epsilon: float, eps):
     return vjp(y * g / stabilize(y, eps.astype(y.dtype)))[0], jnp.zeros_like(eps)
 
   f.defvjp(fwd, bwd)
-  return f(x, eps)
+  return f(x, jnp.asarray(eps))
 
 
 def matmul_half(a, b, eps):
@@ -353,4 +354,4 @@ def matmul_half(a, b, eps):
             jnp.matmul(jnp.swapaxes(a, -1, -2), s), jnp.zeros_like(eps))
 
   f.defvjp(fwd, bwd)
-  return f(a, b, eps)
+  return f(a, b, jnp.asarray(eps))
