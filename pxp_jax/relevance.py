@@ -156,8 +156,11 @@ def _attribute(model, variables, inputs, targets, composite, init,
     input_relevance = inputs * grad_inputs
   out = {}
   for key, g in grad_probes.items():
-    g = g.reshape(g.shape[0], -1, g.shape[-1]) if g.ndim > 2 else g
-    if g.ndim == 3:  # (batch, tokens or 1, units)
+    if units[key].kind == 'Softmax':  # (batch, heads, queries or 1, 1)
+      g = g.reshape(g.shape[:2] + (-1,)).swapaxes(1, 2)
+    elif g.ndim > 2:  # (batch, [positions or] tokens or 1, units)
+      g = g.reshape(g.shape[0], -1, g.shape[-1])
+    if g.ndim == 3:
       g = jnp.sum(jnp.abs(g) if absolute_tokens else g, axis=1)
     out[key] = g
   return Attribution(logits=logits, input=input_relevance, units=out)

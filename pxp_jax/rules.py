@@ -172,7 +172,10 @@ def _linear(apply):
 
 def _linear_backward(apply, x, kernel, bias, rule, y, relevance):
   """(R_x, cotangent of x) of a Dense/Conv layer under ``rule``."""
-  eps = rule.eps.astype(x.dtype)
+  rule = jax.tree.map(
+      lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+      else a, rule)
+  eps = rule.eps
   keep = jnp.where(rule.zero_bias, 0, 1).astype(x.dtype)
   xp, xn = _pos(x), _neg(x)
   # Negative inputs are common only in the input layer: skip their products
@@ -225,7 +228,7 @@ def _linear_backward(apply, x, kernel, bias, rule, y, relevance):
                         - rule.beta * signed(wn, wp, sn))
 
   def gamma_rule():
-    g = rule.gamma.astype(x.dtype)
+    g = rule.gamma
     wgp, wgn = kernel + g * wp, kernel + g * wn
     bgp, bgn = bias + g * _pos(bias), bias + g * _neg(bias)
     zp = fwd(xp, wgp) + fwd_neg(wgn) + keep * bgp
@@ -235,8 +238,8 @@ def _linear_backward(apply, x, kernel, bias, rule, y, relevance):
     return as_relevance(signed(wgp, wgn, sp) + signed(wgn, wgp, sn))
 
   def zbox_rule():
-    low = jnp.broadcast_to(rule.low.astype(x.dtype), x.shape)
-    high = jnp.broadcast_to(rule.high.astype(x.dtype), x.shape)
+    low = jnp.broadcast_to(rule.low, x.shape)
+    high = jnp.broadcast_to(rule.high, x.shape)
     z = fwd(x, kernel) - fwd(low, wp) - fwd(high, wn)
     s = relevance / stabilize(z, eps)
     return from_relevance(x * back(kernel, s) - low * back(wp, s)

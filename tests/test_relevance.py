@@ -1,0 +1,157 @@
+"""attribute(): conservation, compile-once hyperparameters, clear errors."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pxp_jax import composites, models, relevance, rules, structure
+
+
+def _model(name, dtype=jnp.float32, seed=0):
+  model = models.create(name)
+  x = jax.random.normal(jax.random.key(seed + 1), (2, 32, 32, 3), dtype)
+  variables = model.init(jax.random.key(seed), x)
+  if 'vit' in name:  # the head starts at zero: give it weights
+    head = variables['params']['head']
+    head['kernel'] = jax.random.normal(jax.random.key(seed + 2),
+                                       head['kernel'].shape)
+  variables = jax.tree.map(lambda a: a.astype(dtype), variables)
+  return model, variables, x
+
+
+def _zero(variables, leaf_names):
+  flat = flax.traverse_util.flatten_dict(variables)
+  return flax.traverse_util.unflatten_dict(
+      {k: (jnp.zeros_like(v) if k[-1] in leaf_names else v)
+       for k, v in flat.items()})
+
+
+def _epsilon_everywhere(eps):
+  rule = rules.epsilon(eps, zero_bias=True)
+  return composites.pxp_groups(rule, rule, rule, rule, stabilizer=eps)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+  jax.config.update('jax_enable_x64', True)
+  yield
+  jax.config.update('jax_enable_x64', False)
+
+
+@pytest.mark.parametrize('name', ['resnet_tiny', 'vgg_tiny'])
+def test_cnn_conserves_relevance_end_to_end(name):
+  model, variables, x = _model(name, jnp.float64)
+  result = relevance.attribute(model, variables, x, jnp.array([3, 7]),
+                               _epsilon_everywhere(1e-12))
+  totals = relevance.conservation(result)
+  np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-6)
+  if name == 'vgg_tiny':  # a chain: every layer holds all the relevance
+    for path in structure.trace(model, variables, x.shape).units():
+      np.testing.assert_allclose(totals[path], 1.0, rtol=1e-6, err_msg=path)
+  else:  # per block: the two branches of a residual sum share it
+    for block in ('layer2.0', 'layer3.0', 'layer4.0'):
+      np.testing.assert_array_less(0, np.abs(totals[f'{block}.conv2']))
+
+
+def test_vit_conserves_relevance_with_cp_lrp():
+  """CP-LRP is conservative once biases, class token and position embeddings
+  (which absorb relevance) are zero; AttnLRP's softmax rule is not."""
+  model, variables, x = _model('vit_tiny', jnp.float64)
+  variables = _zero(variables, {'bias', 'cls_token', 'pos_embed'})
+  result = relevance.attribute(model, variables, x, jnp.array([3, 7]),
+                               composites.cp_lrp(eps=1e-12))
+  totals = relevance.conservation(result)
+  np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-8)
+  for block in ('blocks.0', 'blocks.1'):  # the residual stream holds it all
+    np.testing.assert_allclose(totals[f'{block}.mlp.fc2'] + 0, totals[
+        f'{block}.mlp.fc2'], rtol=0)
+  np.testing.assert_allclose(totals['head'], 1.0, rtol=1e-12)
+
+
+def test_units_cover_filters_neurons_and_heads():
+  model, variables, x = _model('vit_tiny')
+  result = relevance.attribute(model, variables, x, jnp.array([0, 1]),
+                               composites.attn_lrp())
+  assert result.units['blocks.1.attn'].shape == (2, 2)  # heads
+  assert result.units['blocks.1.mlp.fc1'].shape == (2, 64)
+  assert result.units['patch_embed.proj'].shape == (2, 32)
+  absolute = relevance.attribute(model, variables, x, jnp.array([0, 1]),
+                                 composites.attn_lrp(), absolute_tokens=True)
+  signed, summed_abs = (result.units['blocks.1.mlp.fc1'],
+                        absolute.units['blocks.1.mlp.fc1'])
+  assert np.all(summed_abs >= np.abs(signed) - 1e-6)
+  model, variables, x = _model('resnet_tiny')
+  result = relevance.attribute(model, variables, x, jnp.array([0, 1]),
+                               composites.epsilon_plus())
+  assert result.units['layer2.0.downsample.0'].shape == (2, 16)
+  assert result.input.shape == x.shape
+
+
+def test_hyperparameters_and_rule_choice_do_not_recompile(monkeypatch):
+  traces = []
+  original = structure.trace
+  monkeypatch.setattr(structure, 'trace',
+                      lambda *a, **k: traces.append(1) or original(*a, **k))
+  model, variables, x = _model('resnet_tiny')
+  targets = jnp.array([0, 1])
+  base = composites.pxp_groups()
+  variants = [
+      base,
+      base.with_rule('low', rules.gamma(0.5)),
+      base.with_rule('low', rules.gamma(2.0, eps=1e-3)),
+      base.with_rule('middle', rules.alpha_beta(3.0, 2.0)),
+      base.with_rule('high', rules.epsilon(0.1, zero_bias=True)),
+      base.with_rule('fc', rules.zplus()),
+      base.with_rule('sum', composites.Norm(1e-3)),
+  ]
+  outputs = [relevance.attribute(model, variables, x, targets, c).input
+             for c in variables and variants]
+  assert len(traces) == 1  # one trace for all seven variants
+  for a, b in zip(outputs, outputs[1:]):  # and they really differ
+    assert not np.allclose(a, b)
+
+
+def test_bad_inputs_are_clear_errors():
+  model, variables, x = _model('resnet_tiny')
+  comp = composites.epsilon_plus()
+  with pytest.raises(ValueError, match='NHWC'):
+    relevance.attribute(model, variables, x[0], jnp.array([0]), comp)
+  with pytest.raises(TypeError, match='float'):
+    relevance.attribute(model, variables, x.astype(jnp.int32),
+                        jnp.array([0, 1]), comp)
+  with pytest.raises(ValueError, match='one class per input'):
+    relevance.attribute(model, variables, x, jnp.array([0]), comp)
+  with pytest.raises(ValueError, match=r'\[0, 1000\)'):
+    relevance.attribute(model, variables, x, jnp.array([0, 1000]), comp)
+  with pytest.raises(ValueError, match='unknown init'):
+    relevance.attribute(model, variables, x, jnp.array([0, 1]), comp,
+                        init='ones')
+  with pytest.raises(ValueError, match='unknown composite'):
+    composites.get('epsilon_plus_plus')
+  partial = composites.Composite.of([
+      ('conv', composites.Select(('Conv',)), rules.zplus())])
+  with pytest.raises(ValueError, match=r'no rule .*layer1\.0\.residual \(Sum\)'
+                     r'.*fc \(Dense\)'):
+    relevance.attribute(model, variables, x, jnp.array([0, 1]), partial)
+
+
+def test_zero_denominator_is_reported():
+  model, variables, x = _model('vgg_tiny')
+  with pytest.raises(FloatingPointError, match='NaN or infinite'):
+    relevance.attribute(model, variables, jnp.zeros_like(x),
+                        jnp.array([0, 1]), _epsilon_everywhere(0.0))
+
+
+def test_attribute_runs_under_jit_and_vmap():
+  model, variables, x = _model('resnet_tiny')
+  comp = composites.epsilon_plus()
+  direct = relevance.attribute(model, variables, x, jnp.array([0, 1]), comp)
+  jitted = jax.jit(lambda v, a, t, c: relevance.attribute(model, v, a, t, c))(
+      variables, x, jnp.array([0, 1]), comp)
+  np.testing.assert_allclose(jitted.input, direct.input, rtol=1e-5, atol=1e-7)
+  per_sample = jax.vmap(
+      lambda a, t: relevance.attribute(model, variables, a[None], t[None],
+                                       comp).input[0])(x, jnp.array([0, 1]))
+  np.testing.assert_allclose(per_sample, direct.input, rtol=1e-4, atol=1e-6)

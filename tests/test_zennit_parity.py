@@ -1,0 +1,204 @@
+"""LRP parity with zennit, the reference implementation of the rules.
+
+The same torchvision model (random weights, randomised BatchNorms) is
+explained by zennit's composites, with zennit's canonisers, and by ours on the
+converted weights. Compared: the logits, the input relevance and the relevance
+of every filter of every conv (at the conv's output after its BatchNorm,
+summed over space) and of every dense neuron.
+
+zennit's convention is that the gradient at a tensor is its relevance, so its
+per-layer relevance is read with tensor hooks on the layers' outputs while
+its composite is active.
+"""
+
+import copy
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
+pytest.importorskip('zennit')
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from zennit import composites as zc
+from zennit.attribution import Gradient
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+from pxp_jax import composites, convert
+
+try:
+  from pxp_jax import attribute
+except ImportError:
+  from pxp_jax.relevance import attribute
+# pylint: enable=g-import-not-at-top,g-bad-import-order
+
+TOL = 1e-4  # max relative error of relevances, max abs error of logits
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+# The bounds of ImageNet-normalised images, per channel (for ZBox).
+LOW = (0 - MEAN) / STD
+HIGH = (1 - MEAN) / STD
+
+# Small inputs keep the suite fast; torchvision's adaptive average pooling
+# serves any size (VGG's 1x1 feature map is spread over its 7x7 grid).
+MODELS = {
+    'resnet18': dict(size=64, batch=2, canonizer=ResNetCanonizer),
+    'vgg16_bn': dict(size=32, batch=1, canonizer=VGGCanonizer),
+}
+
+
+def _zennit_composite(name, canonizer):
+  kwargs = dict(epsilon=1e-6, stabilizer=1e-6, canonizers=[canonizer()])
+  if name == 'epsilon_plus':
+    return zc.EpsilonPlus(**kwargs)
+  if name == 'epsilon_alpha2_beta1':
+    return zc.EpsilonAlpha2Beta1(**kwargs)
+  return zc.EpsilonGammaBox(low=torch.from_numpy(LOW).view(1, 3, 1, 1),
+                            high=torch.from_numpy(HIGH).view(1, 3, 1, 1),
+                            gamma=0.25, **kwargs)
+
+
+def _our_composite(name):
+  if name == 'epsilon_plus':
+    return composites.epsilon_plus(eps=1e-6, stabilizer=1e-6)
+  if name == 'epsilon_alpha2_beta1':
+    return composites.epsilon_alpha2_beta1(eps=1e-6, stabilizer=1e-6)
+  return composites.epsilon_gamma_box(LOW, HIGH, gamma=0.25, eps=1e-6,
+                                      stabilizer=1e-6)
+
+
+def _images(n, size):
+  """``n`` of sklearn's sample photos: a 256x256 crop, block-averaged down to
+  ``size``, ImageNet-normalised; NHWC float32 (inside [LOW, HIGH])."""
+  from sklearn.datasets import load_sample_images  # ships with sklearn
+  photos = load_sample_images().images
+  k = 256 // size
+  out = []
+  for i in range(n):
+    crop = photos[i % len(photos)][85:341, 192:448].astype(np.float32) / 255
+    crop = crop.reshape(size, k, size, k, 3).mean(axis=(1, 3))
+    out.append((crop - MEAN) / STD)
+  return np.stack(out).astype(np.float32)
+
+
+def _torch_model(name):
+  """torchvision's ``name`` with seeded random weights and BatchNorms whose
+  statistics and affine parameters are far from the identity."""
+  torch.manual_seed(0)
+  model = getattr(torchvision.models, name)(weights=None).eval()
+  for module in model.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.running_mean.normal_(0, 0.1)
+      module.running_var.uniform_(0.5, 1.5)
+      module.weight.data.uniform_(0.5, 1.5)
+      module.bias.data.normal_(0, 0.1)
+  for module in model.modules():  # shrink residual branches: moderate logits
+    if isinstance(module, torchvision.models.resnet.BasicBlock):
+      module.bn2.weight.data.uniform_(0.4, 0.8)
+  return model
+
+
+_SETUP = {}
+
+
+def _setup(name):
+  """(torch model, our model, our variables, NHWC inputs, targets, torch
+  logits), built once per model; the previous model is dropped."""
+  if name not in _SETUP:
+    _SETUP.clear()
+    spec = MODELS[name]
+    torch_model = _torch_model(name)
+    model, variables = convert.from_torchvision(name, torch_model.state_dict())
+    x = _images(spec['batch'], spec['size'])
+    with torch.no_grad():
+      logits = torch_model(_nchw(x)).numpy()
+    # the top class, and for a second input a class with a negative logit
+    targets = np.argmax(logits, -1)
+    targets[1:] = np.argmin(logits[1:], -1)
+    _SETUP[name] = (torch_model, model, variables, x, targets, logits)
+  return _SETUP[name]
+
+
+def _nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _observed_layers(torch_model):
+  """Layer path -> the module whose output carries that layer's relevance:
+  a conv's BatchNorm if one follows it (its output is the conv's after
+  canonisation), else the conv or dense layer itself."""
+  named = list(torch_model.named_modules())
+  out = {}
+  for (path, module), (_, after) in zip(named, named[1:] + [('', None)]):
+    if isinstance(module, torch.nn.Conv2d):
+      out[path] = after if isinstance(after, torch.nn.BatchNorm2d) else module
+    elif isinstance(module, torch.nn.Linear):
+      out[path] = module
+  return out
+
+
+def _zennit_relevance(torch_model, x, targets, composite):
+  """zennit's (logits, NHWC input relevance, {layer: (batch, units)})."""
+  layers = _observed_layers(torch_model)
+  grads = {}
+
+  def capture(path):
+    def hook(module, inputs, output):
+      del module, inputs
+      output.register_hook(lambda g: grads.__setitem__(path, g.detach()))
+    return hook
+
+  inputs = _nchw(x).requires_grad_(True)
+  one_hot = torch.nn.functional.one_hot(torch.from_numpy(targets).long(),
+                                        1000).float()
+  with Gradient(torch_model, composite) as attributor:
+    handles = [m.register_forward_hook(capture(p)) for p, m in layers.items()]
+    try:
+      logits, relevance = attributor(inputs, one_hot)
+    finally:
+      for handle in handles:
+        handle.remove()
+  units = {p: (g.sum((2, 3)) if g.ndim == 4 else g).numpy()
+           for p, g in grads.items()}
+  assert set(units) == set(layers), set(layers) - set(units)
+  return (logits.detach().numpy(),
+          relevance.detach().numpy().transpose(0, 2, 3, 1), units)
+
+
+def _relative(ours, theirs):
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.mark.parametrize('name,composite', [
+    (name, composite) for name in MODELS
+    for composite in ('epsilon_plus', 'epsilon_alpha2_beta1',
+                      'epsilon_gamma_box')])
+def test_relevance_matches_zennit(name, composite):
+  start = time.perf_counter()
+  torch_model, model, variables, x, targets, torch_logits = _setup(name)
+  # zennit's canonisers change the model in place; work on a copy
+  z_logits, z_input, z_units = _zennit_relevance(
+      copy.deepcopy(torch_model), x, targets,
+      _zennit_composite(composite, MODELS[name]['canonizer']))
+  result = attribute(model, variables, x, targets, _our_composite(composite),
+                     init='one_hot')
+
+  logit_error = float(np.abs(np.asarray(result.logits) - torch_logits).max())
+  zennit_logit_error = float(np.abs(z_logits - torch_logits).max())
+  input_error = _relative(result.input, z_input)
+  assert set(result.units) == set(z_units)
+  unit_errors = {k: _relative(result.units[k], z_units[k]) for k in z_units}
+  worst = max(unit_errors, key=unit_errors.get)
+  print(f'\n{name} {composite}: max |logit diff| {logit_error:.1e} '
+        f'(zennit\'s canonised model: {zennit_logit_error:.1e}); relative '
+        f'error: input {input_error:.1e}, worst layer {worst} '
+        f'{unit_errors[worst]:.1e} ({len(unit_errors)} layers); '
+        f'{time.perf_counter() - start:.1f} s')
+  assert logit_error <= TOL
+  assert input_error <= TOL
+  bad = {k: f'{v:.1e}' for k, v in unit_errors.items() if v > TOL}
+  assert not bad, f'layers beyond {TOL}: {bad}'
