@@ -10,3 +10,13 @@ def digits_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
   data.load('digits', 'train', data_dir=str(path))
   return str(path)
+
+
+@pytest.fixture
+def x64():
+  """float64 computations inside one test; the global flag is restored."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  yield
+  jax.config.update('jax_enable_x64', previous)

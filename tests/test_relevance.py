@@ -34,10 +34,8 @@ def _epsilon_everywhere(eps):
 
 
 @pytest.fixture(autouse=True)
-def _x64():
-  jax.config.update('jax_enable_x64', True)
-  yield
-  jax.config.update('jax_enable_x64', False)
+def _float64(x64):
+  del x64
 
 
 @pytest.mark.parametrize('name', ['resnet_tiny', 'vgg_tiny'])

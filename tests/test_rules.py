@@ -13,7 +13,11 @@ from jax.test_util import check_grads
 
 from pxp_jax import rules
 
-jax.config.update('jax_enable_x64', True)
+
+
+@pytest.fixture(autouse=True)
+def _float64(x64):
+  del x64
 
 
 def _stab(z, eps):

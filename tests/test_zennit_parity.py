@@ -26,12 +26,7 @@ from zennit import composites as zc
 from zennit.attribution import Gradient
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-from pxp_jax import composites, convert
-
-try:
-  from pxp_jax import attribute
-except ImportError:
-  from pxp_jax.relevance import attribute
+from pxp_jax import attribute, composites, convert
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 TOL = 1e-4  # max relative error of relevances, max abs error of logits
