@@ -72,5 +72,10 @@ def canonize(model, variables, input_shape):
     path -> the layer it was folded into.
   """
   found = structure.trace(model, variables, input_shape)
+  return fold_traced(variables, found), found.folds
+
+
+def fold_traced(variables, found: structure.Structure):
+  """Folds the BatchNorms of a traced model (``structure.trace``)."""
   epsilons = {op.path: op.epsilon for op in found.of_kind('BatchNorm')}
-  return fold_batch_norms(variables, found.folds, epsilons), found.folds
+  return fold_batch_norms(variables, found.folds, epsilons)

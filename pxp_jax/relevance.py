@@ -127,8 +127,7 @@ def _attribute(model, variables, inputs, targets, composite, init,
                absolute_tokens):
   found = structure.trace(model, variables, inputs.shape, inputs.dtype)
   plan = _plan(found, composite)
-  epsilons = {op.path: op.epsilon for op in found.of_kind('BatchNorm')}
-  canonical = canonize.fold_batch_norms(variables, found.folds, epsilons)
+  canonical = canonize.fold_traced(variables, found)
   units = found.units()
   probes = {key: jnp.ones(_probe_shape(op, absolute_tokens), inputs.dtype)
             for key, op in units.items()}
