@@ -62,9 +62,6 @@ def test_vit_conserves_relevance_with_cp_lrp():
                                composites.cp_lrp(eps=1e-12))
   totals = relevance.conservation(result)
   np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-8)
-  for block in ('blocks.0', 'blocks.1'):  # the residual stream holds it all
-    np.testing.assert_allclose(totals[f'{block}.mlp.fc2'] + 0, totals[
-        f'{block}.mlp.fc2'], rtol=0)
   np.testing.assert_allclose(totals['head'], 1.0, rtol=1e-12)
 
 
@@ -105,7 +102,7 @@ def test_hyperparameters_and_rule_choice_do_not_recompile(monkeypatch):
       base.with_rule('sum', composites.Norm(1e-3)),
   ]
   outputs = [relevance.attribute(model, variables, x, targets, c).input
-             for c in variables and variants]
+             for c in variants]
   assert len(traces) == 1  # one trace for all seven variants
   for a, b in zip(outputs, outputs[1:]):  # and they really differ
     assert not np.allclose(a, b)
