@@ -14,6 +14,7 @@ Dense and conv rules follow zennit's definitions (Anders et al., 2021) with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.struct
@@ -126,7 +127,8 @@ def _neg(a):
   return jnp.minimum(a, 0)
 
 
-def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None):
+def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None,
+           static_rule: int | None = None):
   """``apply(x, kernel) + bias`` whose backward pass is the LRP ``rule``.
 
   Args:
@@ -139,15 +141,18 @@ def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None):
     probe: optional zeros shaped like ``x``; its cotangent is the input
       relevance ``R_x`` itself, which the input-space rules (zbox, flat,
       wsquare) cannot express as ``x * cotangent``.
+    static_rule: the rule id fixed at trace time, or None to choose it at run
+      time from ``rule.rule`` (a ``lax.switch``: one program for every rule,
+      at about twice the cost of the fixed rule on CPU).
 
   Returns:
     The layer output, identical to the forward pass without a rule.
   """
-  return _linear(apply)(x, kernel, bias, rule,
-                        jnp.zeros_like(x) if probe is None else probe)
+  return _linear(apply, static_rule)(
+      x, kernel, bias, rule, jnp.zeros_like(x) if probe is None else probe)
 
 
-def _linear(apply):
+def _linear(apply, static_rule):
 
   @jax.custom_vjp
   def f(x, kernel, bias, rule, probe):
@@ -162,7 +167,7 @@ def _linear(apply):
     x, kernel, bias, rule, y = res
     relevance = y * g
     input_relevance, cotangent = _linear_backward(apply, x, kernel, bias, rule,
-                                                  y, relevance)
+                                                  y, relevance, static_rule)
     zeros = jax.tree.map(jnp.zeros_like, (kernel, bias, rule))
     return (cotangent, *zeros, input_relevance)
 
@@ -170,94 +175,131 @@ def _linear(apply):
   return f
 
 
-def _linear_backward(apply, x, kernel, bias, rule, y, relevance):
+def _linear_backward(apply, x, kernel, bias, rule, y, relevance, static_rule):
   """(R_x, cotangent of x) of a Dense/Conv layer under ``rule``."""
   rule = jax.tree.map(
       lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
       else a, rule)
-  eps = rule.eps
-  keep = jnp.where(rule.zero_bias, 0, 1).astype(x.dtype)
-  xp, xn = _pos(x), _neg(x)
-  # Negative inputs are common only in the input layer: skip their products
-  # (a conv each) when there are none, as for inputs after a ReLU.
-  has_neg = jnp.any(x < 0)
-  zeros_out = jnp.zeros_like(y)
-  zeros_in = jnp.zeros_like(x)
+  if static_rule is not None:
+    return _BRANCHES[static_rule](apply, x, kernel, bias, rule, y, relevance)
+  branches = [functools.partial(fn, apply) for fn in _BRANCHES]
+  # Every operand is passed explicitly and every derived array is made inside
+  # its branch, so only the chosen rule's work is done.
+  return jax.lax.switch(rule.rule, branches, x, kernel, bias, rule, y,
+                        relevance)
 
-  def fwd(a, w):
-    return apply(a, w)
 
-  def fwd_neg(w):
-    return jax.lax.cond(has_neg, lambda: apply(xn, w), lambda: zeros_out)
+class _Layer:
+  """The products a rule needs, for one layer input ``x``."""
 
-  def back(w, s):
-    return jax.linear_transpose(lambda a: apply(a, w), x)(s)[0]
+  def __init__(self, apply, x, y):
+    self.apply, self.x, self.y = apply, x, y
+    # Negative inputs are common only in the input layer: skip their
+    # products (a conv each) when there are none, as after a ReLU.
+    self.has_neg = jnp.any(x < 0)
 
-  def back_neg(w, s):
-    return jax.lax.cond(has_neg, lambda: back(w, s), lambda: zeros_in)
+  def fwd(self, a, w):
+    return self.apply(a, w)
 
+  def fwd_signed(self, w_pos, w_neg):
+    """``w_pos x+ + w_neg x-``."""
+    neg = jax.lax.cond(self.has_neg,
+                       lambda: self.apply(_neg(self.x), w_neg),
+                       lambda: jnp.zeros_like(self.y))
+    return self.apply(_pos(self.x), w_pos) + neg
+
+  def back(self, w, s):
+    return jax.linear_transpose(lambda a: self.apply(a, w), self.x)(s)[0]
+
+  def back_signed(self, w_pos, w_neg, s):
+    """Cotangent ``1[x>0] w_pos^T s + 1[x<0] w_neg^T s``, so that
+    ``R_x = x+ w_pos^T s + x- w_neg^T s``."""
+    neg = jax.lax.cond(
+        self.has_neg,
+        lambda: jnp.where(self.x < 0, self.back(w_neg, s), 0),
+        lambda: jnp.zeros_like(self.x))
+    return jnp.where(self.x > 0, self.back(w_pos, s), 0) + neg
+
+  def as_relevance(self, cotangent):
+    return self.x * cotangent, cotangent
+
+  def from_relevance(self, r):
+    x = self.x
+    return r, jnp.where(x == 0, 0, r / jnp.where(x == 0, 1, x))
+
+
+def _keep(rule, dtype):
+  return jnp.where(rule.zero_bias, 0, 1).astype(dtype)
+
+
+def _epsilon(apply, x, kernel, bias, rule, y, relevance):
+  layer = _Layer(apply, x, y)
+  z = y - bias + _keep(rule, x.dtype) * bias
+  return layer.as_relevance(layer.back(kernel, relevance / stabilize(z, rule.eps)))
+
+
+def _zplus(apply, x, kernel, bias, rule, y, relevance):
+  layer = _Layer(apply, x, y)
   wp, wn = _pos(kernel), _neg(kernel)
-  pos_x = (x > 0).astype(x.dtype)
-  neg_x = (x < 0).astype(x.dtype)
+  z = layer.fwd_signed(wp, wn) + _keep(rule, x.dtype) * _pos(bias)
+  return layer.as_relevance(
+      layer.back_signed(wp, wn, relevance / stabilize(z, rule.eps)))
 
-  def signed(a, b, s):
-    """Cotangent ``1[x>0] a^T s + 1[x<0] b^T s`` (so R_x = x+ a^T s + x- b^T s)."""
-    return pos_x * back(a, s) + neg_x * back_neg(b, s)
 
-  def as_relevance(cotangent):
-    return x * cotangent, cotangent
+def _alpha_beta(apply, x, kernel, bias, rule, y, relevance):
+  layer = _Layer(apply, x, y)
+  wp, wn = _pos(kernel), _neg(kernel)
+  keep = _keep(rule, x.dtype)
+  sp = relevance / stabilize(layer.fwd_signed(wp, wn) + keep * _pos(bias),
+                             rule.eps)
+  sn = relevance / stabilize(layer.fwd_signed(wn, wp) + keep * _neg(bias),
+                             rule.eps)
+  return layer.as_relevance(rule.alpha * layer.back_signed(wp, wn, sp)
+                            - rule.beta * layer.back_signed(wn, wp, sn))
 
-  def from_relevance(r):
-    safe = jnp.where(x == 0, 1, x)
-    return r, jnp.where(x == 0, 0, r / safe)
 
-  def eps_rule():
-    s = relevance / stabilize(y - bias + keep * bias, eps)
-    return as_relevance(back(kernel, s))
+def _gamma(apply, x, kernel, bias, rule, y, relevance):
+  layer = _Layer(apply, x, y)
+  g, keep = rule.gamma, _keep(rule, x.dtype)
+  wgp, wgn = kernel + g * _pos(kernel), kernel + g * _neg(kernel)
+  zp = layer.fwd_signed(wgp, wgn) + keep * (bias + g * _pos(bias))
+  zn = layer.fwd_signed(wgn, wgp) + keep * (bias + g * _neg(bias))
+  sp = jnp.where(y > 0, relevance / stabilize(zp, rule.eps), 0)
+  sn = jnp.where(y < 0, relevance / stabilize(zn, rule.eps), 0)
+  return layer.as_relevance(layer.back_signed(wgp, wgn, sp)
+                            + layer.back_signed(wgn, wgp, sn))
 
-  def zplus_rule():
-    z = fwd(xp, wp) + fwd_neg(wn) + keep * _pos(bias)
-    return as_relevance(signed(wp, wn, relevance / stabilize(z, eps)))
 
-  def alpha_beta_rule():
-    sp = relevance / stabilize(fwd(xp, wp) + fwd_neg(wn) + keep * _pos(bias),
-                               eps)
-    sn = relevance / stabilize(fwd(xp, wn) + fwd_neg(wp) + keep * _neg(bias),
-                               eps)
-    return as_relevance(rule.alpha * signed(wp, wn, sp)
-                        - rule.beta * signed(wn, wp, sn))
+def _zbox(apply, x, kernel, bias, rule, y, relevance):
+  del bias  # it cancels: (b) - (b+) - (b-) = 0, as in zennit
+  layer = _Layer(apply, x, y)
+  wp, wn = _pos(kernel), _neg(kernel)
+  low = jnp.broadcast_to(rule.low, x.shape)
+  high = jnp.broadcast_to(rule.high, x.shape)
+  z = layer.fwd(x, kernel) - layer.fwd(low, wp) - layer.fwd(high, wn)
+  s = relevance / stabilize(z, rule.eps)
+  return layer.from_relevance(x * layer.back(kernel, s) - low * layer.back(wp, s)
+                              - high * layer.back(wn, s))
 
-  def gamma_rule():
-    g = rule.gamma
-    wgp, wgn = kernel + g * wp, kernel + g * wn
-    bgp, bgn = bias + g * _pos(bias), bias + g * _neg(bias)
-    zp = fwd(xp, wgp) + fwd_neg(wgn) + keep * bgp
-    zn = fwd(xp, wgn) + fwd_neg(wgp) + keep * bgn
-    sp = jnp.where(y > 0, relevance / stabilize(zp, eps), 0)
-    sn = jnp.where(y < 0, relevance / stabilize(zn, eps), 0)
-    return as_relevance(signed(wgp, wgn, sp) + signed(wgn, wgp, sn))
 
-  def zbox_rule():
-    low = jnp.broadcast_to(rule.low, x.shape)
-    high = jnp.broadcast_to(rule.high, x.shape)
-    z = fwd(x, kernel) - fwd(low, wp) - fwd(high, wn)
-    s = relevance / stabilize(z, eps)
-    return from_relevance(x * back(kernel, s) - low * back(wp, s)
-                          - high * back(wn, s))
+def _square(layer, w, b, relevance, eps):
+  s = relevance / stabilize(layer.fwd(jnp.ones_like(layer.x), w) + b, eps)
+  return layer.from_relevance(layer.back(w, s))
 
-  def square_rule(w, b):
-    s = relevance / stabilize(fwd(jnp.ones_like(x), w) + b, eps)
-    return from_relevance(back(w, s))
 
-  def flat_rule():
-    return square_rule(jnp.ones_like(kernel), 0)
+def _flat(apply, x, kernel, bias, rule, y, relevance):
+  del bias
+  return _square(_Layer(apply, x, y), jnp.ones_like(kernel), 0, relevance,
+                 rule.eps)
 
-  def wsquare_rule():
-    return square_rule(kernel**2, keep * bias**2)
 
-  return jax.lax.switch(rule.rule, [eps_rule, zplus_rule, alpha_beta_rule,
-                                    gamma_rule, zbox_rule, flat_rule,
-                                    wsquare_rule])
+def _wsquare(apply, x, kernel, bias, rule, y, relevance):
+  return _square(_Layer(apply, x, y), kernel**2,
+                 _keep(rule, x.dtype) * bias**2, relevance, rule.eps)
+
+
+# In the order of LINEAR_RULES.
+_BRANCHES = (_epsilon, _zplus, _alpha_beta, _gamma, _zbox, _flat, _wsquare)
 
 
 # Rules for parameter-free operations -------------------------------------

@@ -84,11 +84,16 @@ def test_units_cover_filters_neurons_and_heads():
   assert result.input.shape == x.shape
 
 
-def test_hyperparameters_and_rule_choice_do_not_recompile(monkeypatch):
+def _count_traces(monkeypatch):
   traces = []
   original = structure.trace
   monkeypatch.setattr(structure, 'trace',
                       lambda *a, **k: traces.append(1) or original(*a, **k))
+  return traces
+
+
+def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
+  traces = _count_traces(monkeypatch)
   model, variables, x = _model('resnet_tiny')
   targets = jnp.array([0, 1])
   base = composites.pxp_groups()
@@ -101,11 +106,32 @@ def test_hyperparameters_and_rule_choice_do_not_recompile(monkeypatch):
       base.with_rule('fc', rules.zplus()),
       base.with_rule('sum', composites.Norm(1e-3)),
   ]
-  outputs = [relevance.attribute(model, variables, x, targets, c).input
-             for c in variants]
+  outputs = [relevance.attribute(model, variables, x, targets, c,
+                                 dynamic_rules=True).input for c in variants]
   assert len(traces) == 1  # one trace for all seven variants
   for a, b in zip(outputs, outputs[1:]):  # and they really differ
     assert not np.allclose(a, b)
+  # The default, fixed-rule programs give the same relevance.
+  for composite, dynamic in zip(variants, outputs):
+    fixed = relevance.attribute(model, variables, x, targets, composite).input
+    np.testing.assert_allclose(fixed, dynamic, rtol=1e-4,
+                               atol=1e-5 * np.abs(dynamic).max())
+
+
+def test_fixed_rules_recompile_only_for_a_new_rule(monkeypatch):
+  traces = _count_traces(monkeypatch)
+  model, variables, x = _model('resnet_tiny')
+  targets = jnp.array([0, 1])
+  base = composites.epsilon_gamma_box(-3.0, 3.0)
+  for composite in [base,
+                    base.with_rule('conv', rules.gamma(1.0, eps=1e-4)),
+                    base.with_rule('first', rules.zbox(-2.0, 2.5)),
+                    base.with_rule('dense', rules.epsilon(0.2, True))]:
+    relevance.attribute(model, variables, x, targets, composite)
+  assert len(traces) == 1
+  relevance.attribute(model, variables, x, targets,
+                      base.with_rule('conv', rules.zplus()))
+  assert len(traces) == 2
 
 
 def test_bad_inputs_are_clear_errors():
