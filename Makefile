@@ -25,7 +25,7 @@ setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
 demo: $(VENV)/.base
-	$(PY) -m experiments.evaluate
+	$(PY) -m experiments.evaluate --workdir=runs/demo
 
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)

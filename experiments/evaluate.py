@@ -5,7 +5,9 @@ r"""Evaluates checkpoints on their dataset and prints a table.
 
 Each checkpoint is a shipped name (``pxp_jax.checkpoints.names()``) or a folder
 written by ``experiments.train``; it is evaluated on the dataset and with the
-preprocessing recorded in its ``model.json``.
+preprocessing recorded in its ``model.json``. With a workdir, it also writes
+``results.json`` and ``heatmaps_<checkpoint>.png``: LRP input relevance for a
+few test images (EpsilonGammaBox for CNNs, AttnLRP for ViTs).
 """
 
 import json
@@ -13,16 +15,20 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 
-from pxp_jax import checkpoints, data, evaluate
+from pxp_jax import attribute, checkpoints, composites, data, evaluate, plot
 
 _CHECKPOINTS = flags.DEFINE_list(
     'checkpoints', None, 'Checkpoint names or folders (default: all shipped).')
 _SPLITS = flags.DEFINE_list('splits', ['validation', 'test'], 'Splits.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'If set, results.json is written there.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'If set, results.json and heatmap PNGs are written there.')
+_HEATMAPS = flags.DEFINE_integer('heatmaps', 8,
+                                 'Test images per heatmap figure (0: none).')
 
 
 def main(argv):
@@ -30,6 +36,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  if _WORKDIR.value:
+    pathlib.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)
   names = _CHECKPOINTS.value or checkpoints.names()
   if not names:
     raise app.UsageError('no checkpoints given and none shipped')
@@ -45,20 +53,44 @@ def main(argv):
       source = data.load(recipe['dataset'], split, data_dir=_DATA_DIR.value)
       row[split] = evaluate.accuracy(model, variables,
                                      data.batches(source, preprocess, 256))
+    if _WORKDIR.value and _HEATMAPS.value:
+      row['heatmaps'] = _heatmaps(name, model, variables, preprocess, recipe)
     row['seconds'] = round(time.time() - start, 1)
     rows.append(row)
     print(f'evaluated {name} in {row["seconds"]} s', flush=True)
 
   header = ['checkpoint', 'model', 'params', *_SPLITS.value]
+  for row in rows:
+    if 'heatmaps' in row:
+      print(f"wrote {row['heatmaps']}")
   widths = [max(len(h), *(len(_cell(r[h])) for r in rows)) for h in header]
   line = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
   print(line(header))
   for r in rows:
     print(line([_cell(r[h]) for h in header]))
   if _WORKDIR.value:
-    out = pathlib.Path(_WORKDIR.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'results.json').write_text(json.dumps(rows, indent=2) + '\n')
+    (pathlib.Path(_WORKDIR.value) / 'results.json').write_text(
+        json.dumps(rows, indent=2) + '\n')
+
+
+def _heatmaps(name, model, variables, preprocess, recipe) -> str:
+  """Input relevance of the first test images of each class, as a PNG."""
+  source = data.load(recipe['dataset'], 'test', data_dir=_DATA_DIR.value)
+  count = _HEATMAPS.value
+  labels = source.labels
+  first = [int(np.flatnonzero(labels == c)[0])
+           for c in np.unique(labels)][:count]
+  images = np.stack([data.preprocess(source[i]['image'], preprocess)
+                     for i in first])
+  targets = jnp.asarray(labels[first])
+  mean, std = np.asarray(preprocess.mean), np.asarray(preprocess.std)
+  composite = composites.for_model(model, (0 - mean) / std, (1 - mean) / std)
+  result = attribute(model, variables, jnp.asarray(images), targets, composite)
+  out = pathlib.Path(_WORKDIR.value) / f'heatmaps_{pathlib.Path(name).name}.png'
+  return plot.heatmaps(
+      images, np.asarray(result.input), out, mean=mean, std=std,
+      titles=[f'label {int(t)}' for t in targets],
+      suptitle=f'{name}: LRP input relevance (red +, blue -)')
 
 
 def _cell(value) -> str:

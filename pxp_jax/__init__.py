@@ -12,7 +12,7 @@ __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'train',
                'evaluate', 'rules', 'composites', 'canonize', 'structure',
-               'relevance')
+               'relevance', 'plot')
 
 
 def __getattr__(name):

@@ -320,3 +320,14 @@ def get(name: str, **kwargs) -> Composite:
     raise ValueError(f'unknown composite {name!r}; presets: '
                      f'{", ".join(sorted(PRESETS))}')
   return PRESETS[name](**kwargs)
+
+
+def for_model(model, low=None, high=None) -> Composite:
+  """A sensible default: AttnLRP for ViTs; for CNNs EpsilonGammaBox when the
+  input bounds ``low``/``high`` are known, else EpsilonPlus."""
+  from pxp_jax import models  # pylint: disable=g-import-not-at-top
+  if isinstance(model, models.ViT):
+    return attn_lrp()
+  if low is not None and high is not None:
+    return epsilon_gamma_box(low, high)
+  return epsilon_plus()

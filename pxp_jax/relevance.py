@@ -285,7 +285,10 @@ class _Interceptor:
     kernel = params['kernel']
     bias = params.get('bias')
     bare = module.clone(parent=None, use_bias=False, name=None)
-    apply = lambda a, k: bare.apply({'params': {'kernel': k}}, a)  # noqa: E731
+
+    def apply(a, k):  # the layer's map for any in/out width of the kernel
+      return bare.clone(features=k.shape[-1]).apply({'params': {'kernel': k}},
+                                                    a)
     if bias is None:
       bias = jnp.zeros((kernel.shape[-1],), x.dtype)
     probe = self.input_probe if x is self.inputs else None

@@ -190,35 +190,49 @@ def _linear_backward(apply, x, kernel, bias, rule, y, relevance, static_rule):
 
 
 class _Layer:
-  """The products a rule needs, for one layer input ``x``."""
+  """The products a rule needs, for one layer input ``x``.
+
+  Products with several kernels run as one product with the kernels stacked
+  along the output axis (forward) or the cotangents stacked likewise
+  (transpose): the same arithmetic in one larger, faster convolution.
+  Requires a layer without feature groups (all of the project's models).
+  """
 
   def __init__(self, apply, x, y):
     self.apply, self.x, self.y = apply, x, y
     # Negative inputs are common only in the input layer: skip their
-    # products (a conv each) when there are none, as after a ReLU.
+    # products when there are none, as after a ReLU.
     self.has_neg = jnp.any(x < 0)
 
-  def fwd(self, a, w):
-    return self.apply(a, w)
+  def fwd(self, a, *kernels):
+    """``[W_k a for k]`` in one product."""
+    out = self.apply(a, jnp.concatenate(kernels, axis=-1))
+    return jnp.split(out, len(kernels), axis=-1)
 
-  def fwd_signed(self, w_pos, w_neg):
-    """``w_pos x+ + w_neg x-``."""
+  def back(self, kernels, cotangents):
+    """``sum_k W_k^T s_k`` in one transposed product."""
+    stacked = jnp.concatenate(kernels, axis=-1)
+    return jax.linear_transpose(lambda a: self.apply(a, stacked), self.x)(
+        jnp.concatenate(cotangents, axis=-1))[0]
+
+  def fwd_signed(self, *pairs):
+    """``[W_pos x+ + W_neg x- for (W_pos, W_neg) in pairs]``."""
+    pos = self.fwd(_pos(self.x), *[p for p, _ in pairs])
     neg = jax.lax.cond(self.has_neg,
-                       lambda: self.apply(_neg(self.x), w_neg),
-                       lambda: jnp.zeros_like(self.y))
-    return self.apply(_pos(self.x), w_pos) + neg
+                       lambda: self.fwd(_neg(self.x), *[n for _, n in pairs]),
+                       lambda: [jnp.zeros_like(self.y)] * len(pairs))
+    return [p + n for p, n in zip(pos, neg)]
 
-  def back(self, w, s):
-    return jax.linear_transpose(lambda a: self.apply(a, w), self.x)(s)[0]
-
-  def back_signed(self, w_pos, w_neg, s):
-    """Cotangent ``1[x>0] w_pos^T s + 1[x<0] w_neg^T s``, so that
-    ``R_x = x+ w_pos^T s + x- w_neg^T s``."""
+  def back_signed(self, pairs, cotangents):
+    """Cotangent ``sum_k 1[x>0] W_pos_k^T s_k + 1[x<0] W_neg_k^T s_k``, so
+    that ``R_x = sum_k x+ W_pos_k^T s_k + x- W_neg_k^T s_k``."""
+    pos = self.back([p for p, _ in pairs], cotangents)
     neg = jax.lax.cond(
         self.has_neg,
-        lambda: jnp.where(self.x < 0, self.back(w_neg, s), 0),
+        lambda: jnp.where(self.x < 0,
+                          self.back([n for _, n in pairs], cotangents), 0),
         lambda: jnp.zeros_like(self.x))
-    return jnp.where(self.x > 0, self.back(w_pos, s), 0) + neg
+    return jnp.where(self.x > 0, pos, 0) + neg
 
   def as_relevance(self, cotangent):
     return self.x * cotangent, cotangent
@@ -235,56 +249,60 @@ def _keep(rule, dtype):
 def _epsilon(apply, x, kernel, bias, rule, y, relevance):
   layer = _Layer(apply, x, y)
   z = y - bias + _keep(rule, x.dtype) * bias
-  return layer.as_relevance(layer.back(kernel, relevance / stabilize(z, rule.eps)))
+  s = relevance / stabilize(z, rule.eps)
+  return layer.as_relevance(layer.back([kernel], [s]))
 
 
 def _zplus(apply, x, kernel, bias, rule, y, relevance):
   layer = _Layer(apply, x, y)
-  wp, wn = _pos(kernel), _neg(kernel)
-  z = layer.fwd_signed(wp, wn) + _keep(rule, x.dtype) * _pos(bias)
-  return layer.as_relevance(
-      layer.back_signed(wp, wn, relevance / stabilize(z, rule.eps)))
+  pair = (_pos(kernel), _neg(kernel))
+  z, = layer.fwd_signed(pair)
+  s = relevance / stabilize(z + _keep(rule, x.dtype) * _pos(bias), rule.eps)
+  return layer.as_relevance(layer.back_signed([pair], [s]))
 
 
 def _alpha_beta(apply, x, kernel, bias, rule, y, relevance):
   layer = _Layer(apply, x, y)
   wp, wn = _pos(kernel), _neg(kernel)
   keep = _keep(rule, x.dtype)
-  sp = relevance / stabilize(layer.fwd_signed(wp, wn) + keep * _pos(bias),
-                             rule.eps)
-  sn = relevance / stabilize(layer.fwd_signed(wn, wp) + keep * _neg(bias),
-                             rule.eps)
-  return layer.as_relevance(rule.alpha * layer.back_signed(wp, wn, sp)
-                            - rule.beta * layer.back_signed(wn, wp, sn))
+  zp, zn = layer.fwd_signed((wp, wn), (wn, wp))
+  sp = rule.alpha * relevance / stabilize(zp + keep * _pos(bias), rule.eps)
+  sn = -rule.beta * relevance / stabilize(zn + keep * _neg(bias), rule.eps)
+  return layer.as_relevance(layer.back_signed([(wp, wn), (wn, wp)], [sp, sn]))
 
 
 def _gamma(apply, x, kernel, bias, rule, y, relevance):
   layer = _Layer(apply, x, y)
   g, keep = rule.gamma, _keep(rule, x.dtype)
   wgp, wgn = kernel + g * _pos(kernel), kernel + g * _neg(kernel)
-  zp = layer.fwd_signed(wgp, wgn) + keep * (bias + g * _pos(bias))
-  zn = layer.fwd_signed(wgn, wgp) + keep * (bias + g * _neg(bias))
+  zp, zn = layer.fwd_signed((wgp, wgn), (wgn, wgp))
+  zp = zp + keep * (bias + g * _pos(bias))
+  zn = zn + keep * (bias + g * _neg(bias))
   sp = jnp.where(y > 0, relevance / stabilize(zp, rule.eps), 0)
   sn = jnp.where(y < 0, relevance / stabilize(zn, rule.eps), 0)
-  return layer.as_relevance(layer.back_signed(wgp, wgn, sp)
-                            + layer.back_signed(wgn, wgp, sn))
+  return layer.as_relevance(
+      layer.back_signed([(wgp, wgn), (wgn, wgp)], [sp, sn]))
 
 
 def _zbox(apply, x, kernel, bias, rule, y, relevance):
   del bias  # it cancels: (b) - (b+) - (b-) = 0, as in zennit
-  layer = _Layer(apply, x, y)
   wp, wn = _pos(kernel), _neg(kernel)
   low = jnp.broadcast_to(rule.low, x.shape)
   high = jnp.broadcast_to(rule.high, x.shape)
-  z = layer.fwd(x, kernel) - layer.fwd(low, wp) - layer.fwd(high, wn)
+  # The three products W x, W+ low, W- high as one product over the three
+  # inputs stacked along the input channels.
+  stacked = _Layer(apply, jnp.concatenate([x, low, high], axis=-1), y)
+  kernels = [jnp.concatenate([kernel, -wp, -wn], axis=-2)]
+  z, = stacked.fwd(stacked.x, *kernels)
   s = relevance / stabilize(z, rule.eps)
-  return layer.from_relevance(x * layer.back(kernel, s) - low * layer.back(wp, s)
-                              - high * layer.back(wn, s))
+  gx, gl, gh = jnp.split(stacked.back(kernels, [s]), 3, axis=-1)
+  return _Layer(apply, x, y).from_relevance(x * gx + low * gl + high * gh)
 
 
 def _square(layer, w, b, relevance, eps):
-  s = relevance / stabilize(layer.fwd(jnp.ones_like(layer.x), w) + b, eps)
-  return layer.from_relevance(layer.back(w, s))
+  z, = layer.fwd(jnp.ones_like(layer.x), w)
+  s = relevance / stabilize(z + b, eps)
+  return layer.from_relevance(layer.back([w], [s]))
 
 
 def _flat(apply, x, kernel, bias, rule, y, relevance):
