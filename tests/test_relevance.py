@@ -176,3 +176,42 @@ def test_attribute_runs_under_jit_and_vmap():
       lambda a, t: relevance.attribute(model, variables, a[None], t[None],
                                        comp).input[0])(x, jnp.array([0, 1]))
   np.testing.assert_allclose(per_sample, direct.input, rtol=1e-4, atol=1e-6)
+
+
+_SHARDED = r'''
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from pxp_jax import composites, models, relevance
+assert len(jax.devices()) == 4
+model = models.create('resnet_tiny')
+x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+variables = model.init(jax.random.key(0), x)
+targets = jnp.arange(8) % 10
+comp = composites.epsilon_plus()
+plain = relevance.attribute(model, variables, x, targets, comp)
+mesh = Mesh(np.array(jax.devices()), ('batch',))
+put = lambda a: jax.device_put(a, NamedSharding(mesh, P('batch')))
+sharded = relevance.attribute(model, variables, put(x), put(targets), comp)
+assert len(sharded.input.sharding.device_set) == 4
+np.testing.assert_allclose(sharded.input, plain.input, rtol=1e-4,
+                           atol=1e-6 * float(jnp.abs(plain.input).max()))
+for k in plain.units:
+  np.testing.assert_allclose(sharded.units[k], plain.units[k], rtol=1e-4,
+                             atol=1e-5 * float(jnp.abs(plain.units[k]).max()))
+print('sharded ok')
+'''
+
+
+def test_attribute_runs_sharded_over_the_batch():
+  """Data-parallel: inputs sharded over 4 (host) devices give the same
+  relevance, and the result stays sharded."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ,
+             XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', _SHARDED], env=env, text=True,
+                       capture_output=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'sharded ok' in out.stdout
