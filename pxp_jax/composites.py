@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.struct
 import jax.numpy as jnp
+import numpy as np
 
 from pxp_jax import rules
 
@@ -331,3 +332,33 @@ def for_model(model, low=None, high=None) -> Composite:
   if low is not None and high is not None:
     return epsilon_gamma_box(low, high)
   return epsilon_plus()
+
+
+def rule_to_json(rule) -> dict:
+  """A linear-layer rule as JSON: ``{"rule": name, hyperparameters...}``."""
+  out = {'rule': rule.name}
+  for field in ('eps', 'gamma', 'alpha', 'beta', 'low', 'high'):
+    value = np.asarray(getattr(rule, field))
+    out[field] = value.tolist()
+  out['zero_bias'] = bool(rule.zero_bias)
+  return out
+
+
+def rule_from_json(spec: dict) -> rules.LinearRule:
+  spec = dict(spec)
+  name = spec.pop('rule', None)
+  if name is None:
+    raise ValueError(f'a rule needs a "rule" name, got {spec}')
+  return rules.linear_rule(name, **spec)
+
+
+def from_json(spec: dict) -> Composite:
+  """A preset from ``{"preset": name, "args": {...}}``; arguments that are
+  dicts with a ``"rule"`` key become linear-layer rules (e.g. the groups of
+  ``pxp_groups``)."""
+  if 'preset' not in spec:
+    raise ValueError('a composite JSON needs "preset" (one of '
+                     f'{", ".join(sorted(PRESETS))}) and optional "args"')
+  args = {k: rule_from_json(v) if isinstance(v, dict) and 'rule' in v else v
+          for k, v in spec.get('args', {}).items()}
+  return get(spec['preset'], **args)

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from pxp_jax import checkpoints, data, evaluate, models
+from pxp_jax import workdir as workdir_lib
 
 
 class TrainState(train_state.TrainState):
@@ -102,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  _check_same_config(workdir, config)
+  workdir_lib.claim(workdir, config)
   preprocess = data.Preprocess(**config.preprocess)
   split = lambda name: data.load(config.dataset, name,  # noqa: E731
                                  data_dir=config.data_dir or None)
@@ -172,19 +173,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   print(f'exported to {export}', flush=True)
   return results
-
-
-def _check_same_config(workdir: pathlib.Path, config) -> None:
-  """A workdir belongs to one config: refuse to resume a different one."""
-  saved = workdir / 'config.json'
-  current = json.loads(config.to_json_best_effort(sort_keys=True))
-  if saved.exists():
-    previous = json.loads(saved.read_text())
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current)
-                       if previous.get(k) != current.get(k))
-      raise ValueError(f'{workdir} holds a run with a different config '
-                       f'(differs in: {", ".join(changed)}); use a new '
-                       '--workdir or the same config to resume')
-  else:
-    saved.write_text(json.dumps(current, indent=2, sort_keys=True) + '\n')

@@ -1,0 +1,50 @@
+"""Pruning configs: ``--config=experiments/configs/prune.py:model=NAME``.
+
+NAME is a checkpoint (``resnet_digits``, ``vit_digits``, or a checkpoint
+folder); append ``,runlocal`` for a quick run (3 samples per class, 5 rates).
+Every field can be overridden on the command line, e.g.
+``--config.units=heads --config.composite=epsilon_gamma_box``.
+"""
+
+import ml_collections
+
+from pxp_jax import pruning
+
+
+def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
+  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
+                 for kv in arg.split(',') if kv)
+  model = options.get('model', 'resnet_digits')
+  vit = 'vit' in model
+  config = ml_collections.ConfigDict(dict(
+      model=model,
+      dataset='',                  # '' = the checkpoint's dataset
+      data_dir='',
+      classes=(),                  # restrict to these classes (few-class task)
+      reference_split='train',
+      eval_split='test',
+      n_per_class=10,              # reference samples per class (seeded)
+      seed=0,
+      units='neurons' if vit else 'filters',   # filters | neurons | heads
+      criteria=('lrp', 'random', 'weight', 'gradient', 'taylor',
+                'integrated_gradients'),
+      composite='',                # a preset name; '' = the default
+      composite_json='',           # or a JSON file {"preset": ..., "args": ...}
+      signed=False,                # lrp: signed relevance instead of |R|
+      absolute_tokens=vit,         # |R| per token before summing tokens
+      normalize=False,             # per-layer normalisation of the baselines
+      per_layer=False,             # rank per layer instead of globally
+      keep_one=False,              # never empty a layer
+      rates=pruning.DEFAULT_RATES,
+      random_seeds=3,
+      ig_steps=16,
+      batch_size=32,
+      eval_batch_size=512,
+      heatmaps=8,
+  ))
+  if options.get('runlocal'):
+    config.n_per_class = 3
+    config.rates = (0.0, 0.2, 0.4, 0.6, 0.8)
+    config.random_seeds = 1
+    config.ig_steps = 4
+  return config
