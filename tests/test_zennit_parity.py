@@ -218,3 +218,49 @@ def test_relevance_matches_zennit(setup, composite):
   assert input_error <= TOL
   bad = {k: f'{v:.1e}' for k, v in unit_errors.items() if v > TOL}
   assert not bad, f'layers beyond {TOL}: {bad}'
+
+
+def test_pxp_filter_ranking_matches_the_reference_procedure():
+  """The PXP reference's per-filter criterion, rebuilt with zennit: one
+  EpsilonPlus pass per reference sample (batch 1), one-hot 1.0 at the true
+  label, relevance at each conv output summed over space, absolute value,
+  summed over samples; one global ranking. pxp_jax's collector must rank the
+  filters the same way."""
+  from scipy.stats import spearmanr  # pylint: disable=g-import-not-at-top
+  from pxp_jax import criteria, pruning, structure  # pylint: disable=g-import-not-at-top
+  torch_model = _torch_model('resnet18')
+  model, variables = convert.from_torchvision('resnet18',
+                                              torch_model.state_dict())
+  x = _images(4, 64)
+  labels = np.array([3, 3, 7, 7])  # two classes, two samples each
+  reference = None
+  for i in range(len(x)):
+    _, _, units = _zennit_relevance(
+        _for_zennit(torch_model), x[i:i + 1], labels[i:i + 1],
+        _zennit_composite('epsilon_plus', ResNetCanonizer))
+    sample = {k: np.abs(v[0]) for k, v in units.items() if k != 'fc'}
+    reference = sample if reference is None else {
+        k: reference[k] + sample[k] for k in reference}
+  found = structure.trace(model, variables, x[:1].shape)
+  filters = pruning.prunable(found, 'filters')
+  ours = criteria.score('lrp', model, variables, x, labels, filters,
+                        composite=_our_composite('epsilon_plus'), batch_size=4)
+  keys = sorted(filters)
+  rho = spearmanr(np.concatenate([reference[k] for k in keys]),
+                  np.concatenate([ours[k] for k in keys])).statistic
+  print(f'Spearman rank correlation of {sum(map(len, ours.values()))} '
+        f'filters: {rho:.6f}')
+  assert rho >= 0.999
+  rates = [0.1, 0.3, 0.5]
+  flat_ref = np.concatenate([reference[k] for k in keys])
+  theirs_masks, our_masks = (pruning.masks(reference, rates),
+                              pruning.masks(ours, rates))
+  for r, rate in enumerate(rates):
+    theirs = np.concatenate([np.asarray(theirs_masks[k][r]) for k in keys])
+    mine = np.concatenate([np.asarray(our_masks[k][r]) for k in keys])
+    threshold = np.sort(flat_ref)[int(flat_ref.size * rate)]
+    differ = np.flatnonzero(theirs != mine)
+    print(f'rate {rate}: {differ.size} of {flat_ref.size} filters differ')
+    # only near-ties at the threshold may fall on either side
+    assert np.all(np.abs(flat_ref[differ] - threshold)
+                  <= 1e-4 * np.abs(flat_ref).max())
