@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  make demo   and   make test
+# Two commands on a fresh machine:  make demo (the pruning job)  and  make test
 # Both create the virtual environment .venv in the repository root on first use.
 
 PYTHON ?= python3
@@ -25,7 +25,7 @@ setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
 demo: $(VENV)/.base
-	$(PY) -m experiments.evaluate --workdir=runs/demo
+	$(PY) -m experiments.prune --config=experiments/configs/prune.py:model=resnet_digits --workdir=runs/resnet_digits
 
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
