@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -24,9 +23,6 @@ import pxp_jax
 from pxp_jax import (checkpoints, composites, criteria, data, plot, pruning,
                      relevance, structure)
 from pxp_jax import workdir as workdir_lib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 REPORTED_RATES = (0.3, 0.5, 0.7)
 
@@ -160,20 +156,12 @@ def _write_csv(path, results):
 
 
 def _plot_curve(path, results, config):
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, c in results['criteria'].items():
-    ax.plot(np.asarray(c['rates']) * 100, c['accuracy'], marker='.',
-            label=f"{name} (A_PR {c['a_pr']:.3f})")
-  ax.axhline(results['unpruned_accuracy'] * 0.95, color='gray', ls=':',
-             lw=1, label='95% of unpruned')
-  ax.set_xlabel(f'pruned {config.units} (%)')
-  ax.set_ylabel('top-1 accuracy')
-  ax.set_title(f'{config.model}: pruning without fine-tuning')
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plot.curves(path, next(iter(results['criteria'].values()))['rates'],
+              {f"{n} (A_PR {c['a_pr']:.3f})": c['accuracy']
+               for n, c in results['criteria'].items()},
+              unpruned=results['unpruned_accuracy'],
+              xlabel=f'pruned {config.units} (%)',
+              title=f'{config.model}: pruning without fine-tuning')
 
 
 def _cached_scores(path: pathlib.Path, compute) -> dict[str, np.ndarray]:

@@ -1,15 +1,17 @@
-"""Pictures of relevance: input heatmaps as PNG (matplotlib, no display)."""
+"""Pictures of relevance: input heatmaps as PNG.
+
+Figures are built with ``matplotlib.figure.Figure`` and saved directly, so no
+display and no pyplot backend is needed (and a notebook's backend is left
+alone).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def heatmap(relevance) -> np.ndarray:
@@ -42,7 +44,8 @@ def heatmaps(images, relevance, path: str | os.PathLike, *,
   if np.shape(relevance)[:1] != (n,):
     raise ValueError(f'{n} images but relevance of shape '
                      f'{np.shape(relevance)}')
-  fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+  fig = Figure(figsize=(1.6 * n, 3.4))
+  axes = fig.subplots(2, n, squeeze=False)
   shown = np.clip(images * np.asarray(std) + np.asarray(mean), 0, 1)
   for i in range(n):
     axes[0, i].imshow(shown[i].squeeze() if shown.shape[-1] == 1
@@ -56,5 +59,23 @@ def heatmaps(images, relevance, path: str | os.PathLike, *,
     fig.suptitle(suptitle, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return str(path)
+
+
+def curves(path: str | os.PathLike, rates, accuracies: dict, *,
+           unpruned: float, xlabel: str, title: str) -> str:
+  """Writes accuracy against pruning rate, one line per criterion, as PNG."""
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  for name, accuracy in accuracies.items():
+    ax.plot(np.asarray(rates) * 100, accuracy, marker='.', label=name)
+  ax.axhline(unpruned * 0.95, color='gray', ls=':', lw=1,
+             label='95% of unpruned')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('top-1 accuracy')
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
   return str(path)
