@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import pxp_jax
-from pxp_jax import (checkpoints, composites, criteria, data, plot, pruning,
-                     relevance, structure)
+from pxp_jax import (checkpoints, composites, criteria, data, finetune, plot,
+                     pruning, relevance, structure)
 from pxp_jax import workdir as workdir_lib
 
 REPORTED_RATES = (0.3, 0.5, 0.7)
@@ -110,6 +110,9 @@ def prune(config, workdir) -> dict[str, Any]:
     else:
       summary = pruning.summarize(rates, rows[name], unpruned)
     results['criteria'][name] = summary
+  if config.fine_tune_steps:
+    _fine_tune_all(config, model, variables, preprocess, split, classes,
+                   num_classes, per_criterion, rates, rows, results, start)
   (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   _write_csv(workdir / 'results.csv', results)
   _plot_curve(workdir / 'curve.png', results, config)
@@ -126,6 +129,36 @@ def prune(config, workdir) -> dict[str, Any]:
   print(table(results), flush=True)
   _log(start, f'wrote results to {workdir}')
   return results
+
+
+def _fine_tune_all(config, model, variables, preprocess, split, classes,
+                   num_classes, per_criterion, rates, rows, results, start):
+  """Fine-tunes the model pruned by each criterion at ``fine_tune_rate`` on
+  the train split and records the test accuracy before and after."""
+  rate = float(config.fine_tune_rate)
+  if rate not in rates:
+    raise ValueError(f'fine_tune_rate {rate} is not one of the rates {rates}')
+  r = rates.index(rate)
+  train_split = split(config.reference_split)
+  test = split(config.eval_split)
+  for name in results['criteria']:
+    key = 'random_0' if name == 'random' else name
+    masks_row = {k: v[r] for k, v in per_criterion[key].items()}
+    tuned = finetune.fine_tune(
+        model, variables, masks_row,
+        data.batches(train_split, preprocess, config.fine_tune_batch,
+                     shuffle=True, seed=config.seed, drop_remainder=True,
+                     classes=classes, num_epochs=None),
+        steps=config.fine_tune_steps, learning_rate=config.fine_tune_lr)
+    after = pruning.sweep_accuracy(
+        model, tuned, data.batches(test, preprocess, config.eval_batch_size,
+                                   classes=classes),
+        {k: v[None] for k, v in masks_row.items()}, num_classes, classes)[0]
+    results['criteria'][name]['fine_tuned'] = dict(
+        rate=rate, steps=config.fine_tune_steps,
+        accuracy_before=float(rows[key][r]), accuracy_after=float(after))
+    _log(start, f'fine-tuned {name} at {rate:.0%}: '
+         f'{rows[key][r]:.4f} -> {after:.4f}')
 
 
 def table(results) -> str:

@@ -177,3 +177,33 @@ def test_taylor_equals_activation_times_gradient():
       logits_with(d), jnp.asarray(labels)[:, None], 1).sum())(jnp.zeros_like(a))
   expected = np.abs((a * g).mean(axis=(1, 2))).sum(0)
   np.testing.assert_allclose(taylor, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_fine_tuning_keeps_pruned_units_pruned_and_recovers():
+  from pxp_jax import finetune  # pylint: disable=g-import-not-at-top
+  import itertools  # pylint: disable=g-import-not-at-top
+  model, variables, x, found = _setup()
+  labels = np.arange(6) % 3
+  units = pruning.prunable(found, 'filters')
+  rng = np.random.default_rng(0)
+  masks = {k: m[0] for k, m in pruning.masks(
+      {k: rng.random(n) for k, n in pruning.sizes(units).items()},
+      [0.3]).items()}
+  batches = itertools.repeat(dict(image=x, label=labels))
+
+  def loss(v):
+    logits = pruning.masked_apply(model, v, x, masks)
+    return float(-jnp.mean(jax.nn.log_softmax(logits)[np.arange(6), labels]))
+
+  tuned = finetune.fine_tune(model, variables, masks, batches, steps=30,
+                             learning_rate=1e-2)
+  assert loss(tuned) < 0.5 * loss(variables)
+  # A pruned filter gets no gradient: its weights are untouched.
+  kernel, new = (variables['params']['layer1']['0']['conv1']['kernel'],
+                 tuned['params']['layer1']['0']['conv1']['kernel'])
+  pruned = np.asarray(masks['layer1.0.conv1']) == 0
+  assert pruned.any() and (~pruned).any()
+  np.testing.assert_array_equal(np.asarray(new)[..., pruned],
+                                np.asarray(kernel)[..., pruned])
+  assert not np.allclose(np.asarray(new)[..., ~pruned],
+                         np.asarray(kernel)[..., ~pruned])

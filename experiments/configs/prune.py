@@ -41,6 +41,10 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       batch_size=32,
       eval_batch_size=512,
       heatmaps=8,
+      fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
+      fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate
+      fine_tune_lr=1e-3,
+      fine_tune_batch=64,
   ))
   if options.get('runlocal'):
     config.n_per_class = 3

@@ -1,0 +1,75 @@
+"""Fine-tuning a pruned model: pruned units stay pruned.
+
+The masks multiply the units' outputs in every forward pass, so a pruned
+unit's output and the gradient of its incoming weights are exactly zero: the
+pruned structure survives any number of optimiser steps. BatchNorm
+statistics stay frozen (few-shot data would make them noisy).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pxp_jax import pruning, structure
+
+
+def fine_tune(model, variables, masks: Mapping[str, jax.Array],
+              batches: Iterator, *, steps: int, learning_rate: float = 1e-3,
+              weight_decay: float = 0.0):
+  """Adam(W) on the cross-entropy of the masked model.
+
+  Args:
+    model, variables: the (unpruned) model.
+    masks: unit key -> (units,) 0/1 mask.
+    batches: an endless iterator of ``{'image', 'label'}`` batches.
+    steps: optimiser steps.
+    learning_rate, weight_decay: AdamW settings.
+
+  Returns:
+    The fine-tuned variables (use them with the same masks). One compiled
+    step serves every mask and learning rate.
+  """
+  params = variables['params']
+  # The hyperparameters live in the optimiser state: one step serves all.
+  state = _ADAMW(learning_rate=learning_rate,
+                 weight_decay=weight_decay).init(params)
+  step = _step(model)
+  frozen = {k: v for k, v in variables.items() if k != 'params'}
+  masks = {k: jnp.asarray(v) for k, v in masks.items()}
+  for _ in range(steps):
+    batch = next(batches)
+    params, state, _ = step(params, frozen, state, masks,
+                            jnp.asarray(batch['image']),
+                            jnp.asarray(batch['label']))
+  return {**variables, 'params': params}
+
+
+_ADAMW = optax.inject_hyperparams(optax.adamw)
+
+
+@functools.lru_cache(maxsize=8)
+def _step(model):
+  """The jitted optimiser step of ``model`` (masks and data are arguments)."""
+  update = _ADAMW(learning_rate=0.0, weight_decay=0.0).update
+
+  @jax.jit
+  def step(params, frozen, state, masks, images, labels):
+    found = structure.trace(model, {**frozen, 'params': params},
+                            images.shape, images.dtype)
+
+    def loss_fn(p):
+      logits = pruning.masked_apply(model, {**frozen, 'params': p}, images,
+                                    masks, found)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  return step
