@@ -17,8 +17,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import cli
 from pxp_jax import attribute, checkpoints, composites, data, evaluate, plot
 
 _CHECKPOINTS = flags.DEFINE_list(
@@ -32,10 +33,7 @@ _HEATMAPS = flags.DEFINE_integer('heatmaps', 8,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   if _WORKDIR.value:
     pathlib.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)
   names = _CHECKPOINTS.value or checkpoints.names()

@@ -8,23 +8,17 @@ table of criteria x (A_PR, AUC, Top-PR, accuracy at 30/50/70% pruned).
 Re-running with the same config reuses the scores saved in DIR.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app
 
+from experiments import cli
 from pxp_jax import experiment
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/prune.py', 'Pruning config.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.',
-                               required=True)
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(
+    'experiments/configs/prune.py', 'Pruning config.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   experiment.prune(_CONFIG.value, _WORKDIR.value)
 
 
