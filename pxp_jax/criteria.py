@@ -119,15 +119,10 @@ def _weight(variables, units) -> dict[str, np.ndarray]:
 
 def _sensitivity(model, variables, units, criterion, steps):
   """A jitted (images, labels) -> unit key -> (B, units) per-sample values."""
-  found_cache = {}
 
-  def probed(x, labels, additive):
-    """Label logits with zero probes added at the unit outputs (where the
-    masks act), and those outputs."""
-    found = found_cache.setdefault(
-        x.shape, structure.trace(model, variables, x.shape, x.dtype))
-    followed = {conv: bn for bn, conv in found.folds.items()}
-    at = {followed.get(op.path, op.path): k for k, op in units.items()}
+  def probed(x, labels, additive, at):
+    """The summed label logits with the probes ``additive`` added to the
+    outputs where the masks act, and those outputs."""
     acts = {}
 
     def intercept(f, args, kwargs, context):
@@ -142,13 +137,6 @@ def _sensitivity(model, variables, units, criterion, steps):
       logits = model.apply(variables, x)
     return jnp.take_along_axis(logits, labels[:, None], 1).sum(), acts
 
-  def shapes(x):
-    found = structure.trace(model, variables, x.shape, x.dtype)
-    followed = {conv: bn for bn, conv in found.folds.items()}
-    out_shapes = {op.path: op.shape for op in found.leaves}
-    return {k: out_shapes[followed.get(op.path, op.path)]
-            for k, op in units.items()}
-
   def reduce(values, key):
     """(B, ..., units) -> (B, units): mean over positions (heads: over
     queries and keys, the head axis being 1)."""
@@ -158,19 +146,23 @@ def _sensitivity(model, variables, units, criterion, steps):
 
   @jax.jit
   def run(x, labels):
-    zeros = {k: jnp.zeros(s, x.dtype) for k, s in shapes(x).items()}
-    grad_fn = jax.grad(probed, argnums=2, has_aux=True)
+    found = structure.trace(model, variables, x.shape, x.dtype)
+    at = found.mask_sites(units)
+    zeros = {k: jnp.zeros(found.shape_of(path), x.dtype)
+             for path, k in at.items()}
+    grad_fn = jax.grad(lambda x, p: probed(x, labels, p, at), argnums=1,
+                       has_aux=True)
     if criterion in ('gradient', 'taylor'):
-      grads, acts = grad_fn(x, labels, zeros)
+      grads, acts = grad_fn(x, zeros)
       if criterion == 'gradient':
         return {k: reduce(grads[k], k) for k in units}
       return {k: reduce(grads[k] * acts[k], k) for k in units}
     # integrated gradients at the units, from the zero input
-    _, base = probed(jnp.zeros_like(x), labels, zeros)
-    _, end = probed(x, labels, zeros)
+    _, base = probed(jnp.zeros_like(x), labels, zeros, at)
+    _, end = probed(x, labels, zeros, at)
 
     def step(total, alpha):
-      grads, _ = grad_fn(alpha * x, labels, zeros)
+      grads, _ = grad_fn(alpha * x, zeros)
       return jax.tree.map(jnp.add, total, grads), None
 
     alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps

@@ -144,14 +144,11 @@ def masked_apply(model: nn.Module, variables, x, unit_masks: Mapping,
   """
   found = found or structure.trace(model, variables, x.shape, x.dtype)
   units = found.units()
-  followed = {conv: bn for bn, conv in found.folds.items()}
-  at = {}  # module path -> unit key whose mask applies to its output
-  for key in unit_masks:
-    if key not in units:
-      raise KeyError(f'no unit {key!r} in this model; units: '
-                     f'{", ".join(units)}')
-    op = units[key]
-    at[followed.get(op.path, op.path)] = key
+  unknown = set(unit_masks) - set(units)
+  if unknown:
+    raise KeyError(f'no unit(s) {sorted(unknown)} in this model; units: '
+                   f'{", ".join(units)}')
+  at = found.mask_sites(unit_masks)
 
   def intercept(f, args, kwargs, context):
     out = f(*args, **kwargs)

@@ -65,6 +65,17 @@ class Structure:
     linear = self.of_kind('Conv', 'Dense')
     return linear[0].path if linear and linear[0].takes_input else None
 
+  def mask_sites(self, keys) -> dict[str, str]:
+    """Module path -> unit key, for the module whose output a unit's mask
+    multiplies: a conv's BatchNorm if one follows it, else the unit's own
+    operation (a conv, a dense layer, an attention softmax)."""
+    units = self.units()
+    followed = {layer: bn for bn, layer in self.folds.items()}
+    return {followed.get(units[k].path, units[k].path): k for k in keys}
+
+  def shape_of(self, path: str) -> tuple[int, ...]:
+    return next(op.shape for op in self.ops if op.path == path)
+
   def units(self) -> dict[str, Op]:
     """Prunable units by key: conv filters and dense neurons (key: the
     layer's path) and attention heads (key: the attention module's path,
