@@ -104,6 +104,14 @@ def attribute(model: nn.Module, variables, inputs, targets,
                        f'model, got {np.asarray(targets).tolist()}')
   if check_finite and not isinstance(result.input, jax.core.Tracer):
     _raise_if_not_finite(result)
+    if init == 'one_hot':
+      target_logits = np.take_along_axis(np.asarray(result.logits),
+                                         np.asarray(targets)[:, None], 1)
+      if np.any(target_logits == 0):
+        raise FloatingPointError(
+            'a target logit is exactly 0, so relevance 1 at it has no '
+            'gradient x input form (R = y * g): use init="logit", or check '
+            'the model (an untrained zero-initialised head gives 0 logits)')
   return result
 
 

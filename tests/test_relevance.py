@@ -158,6 +158,15 @@ def test_bad_inputs_are_clear_errors():
     relevance.attribute(model, variables, x, jnp.array([0, 1]), partial)
 
 
+def test_zero_target_logit_is_reported():
+  model = models.create('vit_tiny')  # a zero-initialised head: zero logits
+  x = jnp.ones((1, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(FloatingPointError, match='target logit is exactly 0'):
+    relevance.attribute(model, variables, x, jnp.array([0]),
+                        composites.attn_lrp())
+
+
 def test_zero_denominator_is_reported():
   model, variables, x = _model('vgg_tiny')
   with pytest.raises(FloatingPointError, match='NaN or infinite'):
