@@ -135,22 +135,18 @@ KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
-         bias: bool = True, name: str | None = None, dtype=None) -> nn.Conv:
+         bias: bool = True, name: str | None = None) -> nn.Conv:
   """A torch-style 2-D convolution with explicit symmetric padding and
   torchvision's Kaiming-normal (fan-out) initialisation."""
   return Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((padding, padding), (padding, padding)),
-                 use_bias=bias, name=name, dtype=dtype,
-                 kernel_init=KAIMING_FAN_OUT)
+              padding=((padding, padding), (padding, padding)),
+              use_bias=bias, name=name, kernel_init=KAIMING_FAN_OUT)
 
 
-def batch_norm(train: bool, name: str, *, zero_scale: bool = False,
-               dtype=None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   """torch's BatchNorm2d defaults (eps 1e-5, momentum 0.1) in flax terms."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name, dtype=dtype,
-                      scale_init=nn.initializers.zeros if zero_scale
-                      else nn.initializers.ones)
+                      epsilon=1e-5, name=name)
 
 
 def check_images(x, channels: int = 3, size: Sequence[int] | None = None):
