@@ -12,7 +12,8 @@ __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'train',
                'evaluate', 'rules', 'composites', 'canonize', 'structure',
-               'relevance', 'plot')
+               'relevance', 'plot', 'criteria', 'pruning', 'finetune',
+               'experiment', 'search')
 
 
 def __getattr__(name):

@@ -40,7 +40,8 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
           units: Mapping[str, structure.Op], *, composite=None,
           batch_size: int = 32, signed: bool = False,
           absolute_tokens: bool = False, seed: int = 0,
-          ig_steps: int = 16) -> dict[str, np.ndarray]:
+          ig_steps: int = 16, dynamic_rules: bool = False
+          ) -> dict[str, np.ndarray]:
   """Scores of ``units`` by ``criterion`` over the reference samples.
 
   Args:
@@ -55,6 +56,8 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
     absolute_tokens: ``lrp``: |R| per token before the sum over tokens.
     seed: ``random``.
     ig_steps: ``integrated_gradients``: points on the path.
+    dynamic_rules: ``lrp``: one compiled program for every choice of rules
+      (see ``pxp_jax.attribute``), as a search over rules wants.
 
   Returns:
     unit key -> (units,) float64 scores.
@@ -75,6 +78,7 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
     def per_batch(x, t):
       result = relevance.attribute(model, variables, x, t, composite,
                                    absolute_tokens=absolute_tokens,
+                                   dynamic_rules=dynamic_rules,
                                    check_finite=False)
       return {k: result.units[k] for k in units}
 

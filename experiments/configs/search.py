@@ -1,0 +1,45 @@
+"""Search configs: ``--config=experiments/configs/search.py:model=NAME``.
+
+NAME is a checkpoint (``resnet_digits``, or a checkpoint folder); append
+``,runlocal`` for a quick run (3 samples per class, 5 rates). The search
+space is ``config.space``: narrow or widen it on the command line, e.g.
+``--config.space.rules='("gamma","epsilon")'``.
+"""
+
+import ml_collections
+
+from pxp_jax import pruning
+
+
+def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
+  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
+                 for kv in arg.split(',') if kv)
+  config = ml_collections.ConfigDict(dict(
+      model=options.get('model', 'resnet_digits'),
+      dataset='',
+      data_dir='',
+      classes=(),
+      reference_split='train',
+      validation_split='validation',   # the objective
+      test_split='test',               # the final comparison
+      n_per_class=10,
+      seed=0,
+      units='filters',
+      rates=pruning.DEFAULT_RATES,
+      batch_size=32,
+      eval_batch_size=512,
+      sampler='gp',                    # gp (Gaussian process) | tpe
+      storage='',                      # '' = SQLite in the workdir
+      space=dict(
+          groups=('low', 'middle', 'high', 'fc'),
+          rules=('epsilon', 'gamma', 'zplus', 'alpha_beta'),
+          eps=(1e-9, 1.0),             # log scale
+          gamma=(1e-3, 10.0),          # log scale
+          signed=(False, True),        # rank by signed R or by |R|
+          boundaries=(1 / 3, 2 / 3),   # where middle and high convs start
+      ),
+  ))
+  if options.get('runlocal'):
+    config.n_per_class = 3
+    config.rates = (0.0, 0.1, 0.2, 0.3, 0.4)
+  return config

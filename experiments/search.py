@@ -1,0 +1,31 @@
+r"""Bayesian search over LRP composites for pruning (PXP revisited).
+
+  python -m experiments.search \
+      --config=experiments/configs/search.py:model=resnet_digits --workdir=DIR \
+      --n_trials=30 [--timeout=SECONDS]
+
+--n_trials is the total the study should reach: re-running with a larger
+number resumes and adds the rest. Writes DIR/best_composite.json (usable as
+``experiments.prune --config.composite_json=...``), trials.csv, history.png,
+importance.png, comparison.json and comparison.png.
+"""
+
+from absl import app, flags
+
+from experiments import cli
+from pxp_jax import search
+
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(
+    'experiments/configs/search.py', 'Search config.')
+_N_TRIALS = flags.DEFINE_integer('n_trials', 20, 'Trials the study reaches.')
+_TIMEOUT = flags.DEFINE_float('timeout', None, 'Stop after this many seconds.')
+
+
+def main(argv):
+  cli.start(argv)
+  search.search(_CONFIG.value, _WORKDIR.value, n_trials=_N_TRIALS.value,
+                timeout=_TIMEOUT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,299 @@
+"""Optimising the attribution for pruning: a Bayesian search over composites.
+
+Hatefi et al., "Pruning By Explaining Revisited" (2024): per layer group
+(low, middle and high convs; dense layers) choose the LRP rule among Epsilon,
+Gamma, ZPlus and AlphaBeta(2, 1), here together with the eps and gamma the
+reference leaves at defaults, and whether units are ranked by |R| or by
+signed R, to maximise A_PR (mean accuracy over pruning rates). Unlike the
+reference, the search scores trials on a validation split and the final
+comparison is on the test split.
+
+Every trial reuses the same two compiled programs, the relevance collection
+(rules are array leaves: ``dynamic_rules=True``) and the evaluation sweep
+(masks are arguments). Trials are stored by optuna (SQLite in the workdir by
+default), so a killed search continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+from matplotlib.figure import Figure
+
+from pxp_jax import (checkpoints, composites, criteria, data, plot, pruning,
+                     rules, structure)
+from pxp_jax import workdir as workdir_lib
+
+STUDY = 'pxp_search'
+
+
+def _validate_space(space) -> None:
+  if not space.groups:
+    raise ValueError('the search space has no layer groups (space.groups)')
+  if not space.rules:
+    raise ValueError('the search space has no rules to choose (space.rules)')
+  unknown = set(space.rules) - set(rules.LINEAR_RULES[:4])
+  if unknown:
+    raise ValueError(f'space.rules has {sorted(unknown)}; choose among '
+                     f'{rules.LINEAR_RULES[:4]}')
+  unknown = set(space.groups) - {*composites.GROUPS, 'fc'}
+  if unknown:
+    raise ValueError(f'space.groups has {sorted(unknown)}; groups are '
+                     f'{(*composites.GROUPS, "fc")}')
+  for name in ('eps', 'gamma'):
+    low, high = getattr(space, name)
+    if not 0 < low <= high:
+      raise ValueError(f'space.{name} must satisfy 0 < low <= high, got '
+                       f'({low}, {high})')
+  if not space.signed:
+    raise ValueError('space.signed must allow False, True or both')
+
+
+def composite_from_params(params: dict[str, Any], space) -> composites.Composite:
+  """The pxp_groups composite of a trial's parameters; groups outside the
+  space keep the 2021 paper's rules."""
+  chosen = {}
+  for group in space.groups:
+    chosen[group] = rules.linear_rule(
+        params[f'{group}.rule'], eps=params[f'{group}.eps'],
+        gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0)
+  return composites.pxp_groups(**chosen, boundaries=tuple(space.boundaries))
+
+
+def _suggest(trial: optuna.Trial, space) -> dict[str, Any]:
+  for group in space.groups:
+    trial.suggest_categorical(f'{group}.rule', list(space.rules))
+    trial.suggest_float(f'{group}.eps', *space.eps, log=True)
+    trial.suggest_float(f'{group}.gamma', *space.gamma, log=True)
+  trial.suggest_categorical('signed', list(space.signed))
+  return trial.params
+
+
+class _Problem:
+  """The model, its reference samples and splits, and the two programs."""
+
+  def __init__(self, config):
+    self.config = config
+    self.model, self.variables = checkpoints.load(config.model)
+    recipe = checkpoints.recipe(config.model)
+    self.num_classes = recipe['num_classes']
+    self.preprocess = data.Preprocess(**recipe['preprocess'])
+    dataset = config.dataset or recipe['dataset']
+    self.split = lambda s: data.load(dataset, s,  # noqa: E731
+                                     data_dir=config.data_dir or None)
+    self.classes = list(config.classes) if config.classes else None
+    self.images, self.labels = data.reference_batch(
+        self.split(config.reference_split), self.preprocess,
+        config.n_per_class, seed=config.seed, classes=self.classes)
+    found = structure.trace(self.model, self.variables,
+                            self.images[:1].shape)
+    self.units = pruning.prunable(found, config.units)
+    self.sweep = pruning.sweep_correct(self.model)
+    self.rates = list(config.rates)
+    self._arrays = {}
+
+  def batches(self, split):
+    if split not in self._arrays:
+      images, labels = data.as_arrays(self.split(split), self.preprocess,
+                                      classes=self.classes)
+      self._arrays[split] = [
+          dict(image=images[i:i + self.config.eval_batch_size],
+               label=labels[i:i + self.config.eval_batch_size])
+          for i in range(0, len(labels), self.config.eval_batch_size)]
+    return self._arrays[split]
+
+  def scores(self, criterion, composite=None, signed=False, seed=0):
+    return criteria.score(
+        criterion, self.model, self.variables, self.images, self.labels,
+        self.units, composite=composite, signed=signed,
+        batch_size=self.config.batch_size, seed=self.config.seed + seed,
+        dynamic_rules=True)
+
+  def curves(self, per_criterion: dict, split: str) -> dict[str, np.ndarray]:
+    masks = {k: pruning.masks(s, self.rates) for k, s in per_criterion.items()}
+    accuracy = pruning.sweep_accuracy(
+        self.model, self.variables, self.batches(split), pruning.stack(masks),
+        self.num_classes, self.classes, run=self.sweep)
+    n = len(self.rates)
+    return {k: accuracy[i * n:(i + 1) * n] for i, k in enumerate(masks)}
+
+
+def search(config, workdir, *, n_trials: int, timeout: float | None = None
+           ) -> dict[str, Any]:
+  """Runs (or resumes) the search; writes its outputs; returns the
+  comparison on the test split."""
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  _validate_space(config.space)
+  workdir_lib.claim(workdir, config)
+  start = time.time()
+  optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
+  study = _study(config, workdir)
+  problem = _Problem(config)
+
+  def objective(trial):
+    params = _suggest(trial, config.space)
+    composite = composite_from_params(params, config.space)
+    scores = problem.scores('lrp', composite, signed=params['signed'])
+    accuracy = problem.curves({'lrp': scores}, config.validation_split)['lrp']
+    return pruning.summarize(problem.rates, accuracy, accuracy[0])['a_pr']
+
+  def progress(study, trial):
+    best = study.best_trial
+    print(f'[{time.time() - start:6.1f}s] trial {trial.number}: A_PR '
+          f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number})',
+          flush=True)
+
+  done = sum(t.state == optuna.trial.TrialState.COMPLETE
+             for t in study.trials)
+  if done < n_trials:
+    print(f'{done} trials done, running {n_trials - done} more', flush=True)
+    study.optimize(objective, n_trials=n_trials - done,
+                   timeout=timeout or None, callbacks=[progress])
+  best = study.best_trial
+  best_json = {'preset': 'pxp_groups', 'args': {
+      g: composites.rule_to_json(composite_from_params(best.params,
+                                                       config.space)[g])
+      for g in config.space.groups},
+               'signed': best.params['signed'], 'validation_a_pr': best.value}
+  (workdir / 'best_composite.json').write_text(
+      json.dumps(best_json, indent=2) + '\n')
+  _write_trials(workdir / 'trials.csv', study)
+  _plot_study(workdir, study)
+  comparison = _compare(problem, best.params, config)
+  (workdir / 'comparison.json').write_text(json.dumps(comparison, indent=2)
+                                           + '\n')
+  plot.curves(workdir / 'comparison.png', problem.rates,
+              {f"{k} (A_PR {v['a_pr']:.3f})": v['accuracy']
+               for k, v in comparison['criteria'].items()},
+              unpruned=comparison['unpruned_accuracy'],
+              xlabel=f'pruned {config.units} (%)',
+              title=f'{config.model}: optimised LRP vs baselines (test split)')
+  print(_table(comparison), flush=True)
+  return comparison
+
+
+def _study(config, workdir: pathlib.Path) -> optuna.Study:
+  storage = config.storage or f'sqlite:///{workdir / "study.db"}'
+  if config.sampler == 'gp':
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec('torch') is None:
+      raise ImportError("optuna's Gaussian-process sampler needs PyTorch: "
+                        "pip install torch (or the 'test' extra), or use "
+                        '--config.sampler=tpe')
+  sampler = (optuna.samplers.GPSampler(seed=config.seed)
+             if config.sampler == 'gp' else
+             optuna.samplers.TPESampler(seed=config.seed)
+             if config.sampler == 'tpe' else None)
+  if sampler is None:
+    raise ValueError(f'unknown sampler {config.sampler!r}; use gp or tpe')
+  try:
+    study = optuna.create_study(study_name=STUDY, storage=storage,
+                                sampler=sampler, direction='maximize',
+                                load_if_exists=True)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConnectionError(f'cannot open the optuna storage {storage!r}: '
+                          f'{error}') from error
+  if not study.trials:  # start from the 2021 paper's composite
+    default = _default_params(config.space)
+    if default is not None:
+      study.enqueue_trial(default)
+  # A trial cut by a kill is retried: mark it failed and queue its params.
+  for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(trial.params)
+  return study
+
+
+def _default_params(space) -> dict[str, Any] | None:
+  """The 2021 composite (ZPlus on convs, Epsilon on dense layers, |R|) as
+  trial parameters, if the space contains it."""
+  params = {}
+  for group in space.groups:
+    rule = 'epsilon' if group == 'fc' else 'zplus'
+    if rule not in space.rules:
+      return None
+    params.update({f'{group}.rule': rule,
+                   f'{group}.eps': float(np.clip(1e-6, *space.eps)),
+                   f'{group}.gamma': float(np.clip(0.25, *space.gamma))})
+  if False not in space.signed:
+    return None
+  params['signed'] = False
+  return params
+
+
+def _compare(problem: _Problem, params, config) -> dict[str, Any]:
+  """The optimised composite against the baselines, on the test split."""
+  eps = rules.epsilon()
+  candidates = {
+      'optimised': problem.scores(
+          'lrp', composite_from_params(params, config.space),
+          signed=params['signed']),
+      'epsilon': problem.scores('lrp', composites.pxp_groups(
+          eps, eps, eps, eps, boundaries=tuple(config.space.boundaries))),
+      'pxp_2021': problem.scores('lrp', composites.pxp_groups(
+          boundaries=tuple(config.space.boundaries))),
+      'weight': problem.scores('weight'),
+      **{f'random_{s}': problem.scores('random', seed=s) for s in range(3)},
+  }
+  curves = problem.curves(candidates, config.test_split)
+  curves['random'] = np.mean([curves.pop(f'random_{s}') for s in range(3)],
+                             axis=0)
+  unpruned = float(curves['optimised'][0])
+  return {'unpruned_accuracy': unpruned, 'split': config.test_split,
+          'criteria': {k: pruning.summarize(problem.rates, v, unpruned)
+                       for k, v in curves.items()}}
+
+
+def _table(comparison) -> str:
+  lines = [f"{'composite':10s}  A_PR    Top-PR   ({comparison['split']} split, "
+           f"unpruned {comparison['unpruned_accuracy']:.4f})"]
+  for name, c in comparison['criteria'].items():
+    lines.append(f"{name:10s}  {c['a_pr']:.4f}  {c['top_pr']:.2f}")
+  return '\n'.join(lines)
+
+
+def _write_trials(path, study):
+  trials = study.get_trials(deepcopy=False)
+  names = sorted({k for t in trials for k in t.params})
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['number', 'state', 'a_pr', 'seconds', *names])
+    for t in trials:
+      seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                 if t.datetime_complete and t.datetime_start else '')
+      writer.writerow([t.number, t.state.name, t.value, seconds,
+                       *[t.params.get(k, '') for k in names]])
+
+
+def _plot_study(workdir: pathlib.Path, study) -> None:
+  """Optimisation history and parameter importances as PNG."""
+  complete = [t for t in study.trials
+              if t.state == optuna.trial.TrialState.COMPLETE]
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  values = [t.value for t in complete]
+  ax.plot([t.number for t in complete], values, 'o', label='trial A_PR')
+  ax.plot([t.number for t in complete], np.maximum.accumulate(values), '-',
+          label='best so far')
+  ax.set_xlabel('trial')
+  ax.set_ylabel('validation A_PR')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(workdir / 'history.png', dpi=120)
+  if len(complete) < 2:
+    return
+  importances = optuna.importance.get_param_importances(study)
+  fig = Figure(figsize=(6, 0.35 * len(importances) + 1))
+  ax = fig.subplots()
+  names = list(importances)[::-1]
+  ax.barh(names, [importances[n] for n in names])
+  ax.set_xlabel('importance (fANOVA)')
+  fig.tight_layout()
+  fig.savefig(workdir / 'importance.png', dpi=120)

@@ -1,0 +1,84 @@
+"""The search over composites: compile-free trials, resume, bad input."""
+
+import csv
+import json
+
+import optuna
+import pytest
+
+from experiments.configs import search as search_configs
+from pxp_jax import relevance, search
+
+
+def _config(digits_dir, **changes):
+  config = search_configs.get_config('model=resnet_digits,runlocal')
+  config.data_dir = digits_dir
+  config.n_per_class = 2
+  config.sampler = 'tpe'
+  config.update(changes)
+  return config
+
+
+def _trials(workdir):
+  with open(workdir / 'trials.csv') as f:
+    return list(csv.DictReader(f))
+
+
+def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
+  search.search(_config(digits_dir), tmp_path, n_trials=3)
+  rows = _trials(tmp_path)
+  assert [r['state'] for r in rows] == ['COMPLETE'] * 3
+  default = float(rows[0]['a_pr'])  # the first trial is the 2021 composite
+  assert rows[0]['low.rule'] == 'zplus' and rows[0]['fc.rule'] == 'epsilon'
+  best = json.loads((tmp_path / 'best_composite.json').read_text())
+  assert best['validation_a_pr'] >= default
+  assert best['validation_a_pr'] == max(float(r['a_pr']) for r in rows)
+  for name in ('history.png', 'importance.png', 'comparison.png'):
+    assert (tmp_path / name).stat().st_size > 1000
+  comparison = json.loads((tmp_path / 'comparison.json').read_text())
+  assert comparison['split'] == 'test'
+  assert set(comparison['criteria']) == {'optimised', 'epsilon', 'pxp_2021',
+                                         'weight', 'random'}
+
+  # A trial cut by a kill (left RUNNING) is retried with its parameters, and
+  # a larger --n_trials adds the rest: no finished trial is lost.
+  study = optuna.load_study(study_name=search.STUDY,
+                            storage=f'sqlite:///{tmp_path / "study.db"}')
+  cut = study.ask()
+  search._suggest(cut, _config(digits_dir).space)  # pylint: disable=protected-access
+  compiled = relevance._attribute._cache_size()  # pylint: disable=protected-access
+  search.search(_config(digits_dir), tmp_path, n_trials=5)
+  rows = _trials(tmp_path)
+  states = [r['state'] for r in rows]
+  assert states.count('COMPLETE') == 5 and states.count('FAIL') == 1
+  retried = [r for r in rows if r['state'] == 'COMPLETE'
+             and int(r['number']) > cut.number]
+  assert any(r['low.rule'] == cut.params['low.rule'] and
+             float(r['low.eps']) == pytest.approx(cut.params['low.eps'])
+             for r in retried)
+  # The new trials reused the compiled relevance program.
+  assert relevance._attribute._cache_size() == compiled  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(rules=()), 'no rules'),
+    (dict(groups=()), 'no layer groups'),
+    (dict(eps=(1.0, 1e-3)), 'space.eps'),
+    (dict(rules=('flat',)), 'choose among'),
+])
+def test_bad_search_spaces_are_clear_errors(digits_dir, tmp_path, change,
+                                            message):
+  config = _config(digits_dir)
+  config.space.update(change)
+  with pytest.raises(ValueError, match=message):
+    search.search(config, tmp_path, n_trials=1)
+
+
+def test_unreachable_storage_and_foreign_workdir(digits_dir, tmp_path):
+  with pytest.raises(ConnectionError, match='cannot open the optuna storage'):
+    search.search(_config(digits_dir, storage='postgresql://127.0.0.1:9/x'),
+                  tmp_path / 'a', n_trials=1)
+  search.search(_config(digits_dir), tmp_path / 'b', n_trials=1)
+  with pytest.raises(ValueError, match='different config'):
+    search.search(_config(digits_dir, units='neurons'), tmp_path / 'b',
+                  n_trials=1)
