@@ -72,6 +72,8 @@ def _suggest(trial: optuna.Trial, space) -> dict[str, Any]:
     trial.suggest_float(f'{group}.eps', *space.eps, log=True)
     trial.suggest_float(f'{group}.gamma', *space.gamma, log=True)
   trial.suggest_categorical('signed', list(space.signed))
+  if space.n_per_class:
+    trial.suggest_categorical('n_per_class', list(space.n_per_class))
   return trial.params
 
 
@@ -88,15 +90,21 @@ class _Problem:
     self.split = lambda s: data.load(dataset, s,  # noqa: E731
                                      data_dir=config.data_dir or None)
     self.classes = list(config.classes) if config.classes else None
-    self.images, self.labels = data.reference_batch(
-        self.split(config.reference_split), self.preprocess,
-        config.n_per_class, seed=config.seed, classes=self.classes)
-    found = structure.trace(self.model, self.variables,
-                            self.images[:1].shape)
+    self._references = {}
+    images, _ = self.references(config.n_per_class)
+    found = structure.trace(self.model, self.variables, images[:1].shape)
     self.units = pruning.prunable(found, config.units)
     self.sweep = pruning.sweep_correct(self.model)
     self.rates = list(config.rates)
     self._arrays = {}
+
+  def references(self, n_per_class):
+    """The seeded reference samples, ``n_per_class`` of each class."""
+    if n_per_class not in self._references:
+      self._references[n_per_class] = data.reference_batch(
+          self.split(self.config.reference_split), self.preprocess,
+          n_per_class, seed=self.config.seed, classes=self.classes)
+    return self._references[n_per_class]
 
   def batches(self, split):
     if split not in self._arrays:
@@ -108,9 +116,12 @@ class _Problem:
           for i in range(0, len(labels), self.config.eval_batch_size)]
     return self._arrays[split]
 
-  def scores(self, criterion, composite=None, signed=False, seed=0):
+  def scores(self, criterion, composite=None, signed=False, seed=0,
+             n_per_class=None):
+    # Batches are padded to batch_size: any sample count, one program.
+    images, labels = self.references(n_per_class or self.config.n_per_class)
     return criteria.score(
-        criterion, self.model, self.variables, self.images, self.labels,
+        criterion, self.model, self.variables, images, labels,
         self.units, composite=composite, signed=signed,
         batch_size=self.config.batch_size, seed=self.config.seed + seed,
         dynamic_rules=True)
@@ -140,7 +151,8 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   def objective(trial):
     params = _suggest(trial, config.space)
     composite = composite_from_params(params, config.space)
-    scores = problem.scores('lrp', composite, signed=params['signed'])
+    scores = problem.scores('lrp', composite, signed=params['signed'],
+                            n_per_class=params.get('n_per_class'))
     accuracy = problem.curves({'lrp': scores}, config.validation_split)['lrp']
     return pruning.summarize(problem.rates, accuracy, accuracy[0])['a_pr']
 
@@ -161,7 +173,10 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
       g: composites.rule_to_json(composite_from_params(best.params,
                                                        config.space)[g])
       for g in config.space.groups},
-               'signed': best.params['signed'], 'validation_a_pr': best.value}
+               'signed': best.params['signed'],
+               'n_per_class': best.params.get('n_per_class',
+                                              config.n_per_class),
+               'validation_a_pr': best.value}
   (workdir / 'best_composite.json').write_text(
       json.dumps(best_json, indent=2) + '\n')
   _write_trials(workdir / 'trials.csv', study)
@@ -225,6 +240,8 @@ def _default_params(space) -> dict[str, Any] | None:
   if False not in space.signed:
     return None
   params['signed'] = False
+  if space.n_per_class:
+    params['n_per_class'] = max(space.n_per_class)
   return params
 
 
@@ -234,7 +251,7 @@ def _compare(problem: _Problem, params, config) -> dict[str, Any]:
   candidates = {
       'optimised': problem.scores(
           'lrp', composite_from_params(params, config.space),
-          signed=params['signed']),
+          signed=params['signed'], n_per_class=params.get('n_per_class')),
       'epsilon': problem.scores('lrp', composites.pxp_groups(
           eps, eps, eps, eps, boundaries=tuple(config.space.boundaries))),
       'pxp_2021': problem.scores('lrp', composites.pxp_groups(

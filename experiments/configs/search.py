@@ -37,6 +37,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
           gamma=(1e-3, 10.0),          # log scale
           signed=(False, True),        # rank by signed R or by |R|
           boundaries=(1 / 3, 2 / 3),   # where middle and high convs start
+          n_per_class=(),              # e.g. (1, 3, 10): search it too
       ),
   ))
   if options.get('runlocal'):
