@@ -238,6 +238,13 @@ def _plan(found: structure.Structure, composite) -> dict[str, int]:
   return plan
 
 
+# Module kinds whose output is >= 0 (always; or when all their inputs are),
+# so that the layers after them skip the products of negative inputs.
+_NON_NEGATIVE = frozenset({'ReLU', 'Softmax'})
+_SIGN_KEEPING = frozenset({'MaxPool', 'AdaptiveAvgPool', 'GlobalAvgPool',
+                           'Flatten', 'Sum'})
+
+
 class _Interceptor:
   """Replaces each module call by its rule's computation."""
 
@@ -250,6 +257,7 @@ class _Interceptor:
     self.probes = probes
     self.input_probe = input_probe
     self.inputs = inputs
+    self.non_negative = {}
 
   def __call__(self, f, args, kwargs, context):
     if context.method_name != '__call__':
@@ -262,7 +270,15 @@ class _Interceptor:
     key = self.units.get(path)
     if key is not None:
       out = out * self.probes[key]
+    kind = type(context.module).__name__
+    if kind in _NON_NEGATIVE or (kind in _SIGN_KEEPING and all(
+        self._non_negative(a) for a in args)):
+      self.non_negative[id(out)] = out  # kept alive: ids stay unique
     return out
+
+  def _non_negative(self, x) -> bool:
+    """Whether ``x >= 0`` is known from the operations that made it."""
+    return self.non_negative.get(id(x)) is x
 
   def _apply(self, rule, module, f, args, kwargs):
     if isinstance(rule, composites.Gradient):
@@ -300,7 +316,8 @@ class _Interceptor:
     if bias is None:
       bias = jnp.zeros((kernel.shape[-1],), x.dtype)
     probe = self.input_probe if x is self.inputs else None
-    return rules.linear(apply, x, kernel, bias, rule, probe, fixed)
+    return rules.linear(apply, x, kernel, bias, rule, probe, fixed,
+                        signed=not self._non_negative(x))
 
 
 def _pure(module):

@@ -128,7 +128,7 @@ def _neg(a):
 
 
 def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None,
-           static_rule: int | None = None):
+           static_rule: int | None = None, signed: bool = True):
   """``apply(x, kernel) + bias`` whose backward pass is the LRP ``rule``.
 
   Args:
@@ -144,15 +144,17 @@ def linear(apply: Callable, x, kernel, bias, rule: LinearRule, probe=None,
     static_rule: the rule id fixed at trace time, or None to choose it at run
       time from ``rule.rule`` (a ``lax.switch``: one program for every rule,
       at about twice the cost of the fixed rule on CPU).
+    signed: False when ``x >= 0`` is known at trace time (after a ReLU): the
+      rules that treat ``x+`` and ``x-`` apart then skip the ``x-`` products.
 
   Returns:
     The layer output, identical to the forward pass without a rule.
   """
-  return _linear(apply, static_rule)(
+  return _linear(apply, static_rule, signed)(
       x, kernel, bias, rule, jnp.zeros_like(x) if probe is None else probe)
 
 
-def _linear(apply, static_rule):
+def _linear(apply, static_rule, signed):
 
   @jax.custom_vjp
   def f(x, kernel, bias, rule, probe):
@@ -166,8 +168,8 @@ def _linear(apply, static_rule):
   def bwd(res, g):
     x, kernel, bias, rule, y = res
     relevance = y * g
-    input_relevance, cotangent = _linear_backward(apply, x, kernel, bias, rule,
-                                                  y, relevance, static_rule)
+    input_relevance, cotangent = _linear_backward(
+        apply, x, kernel, bias, rule, y, relevance, static_rule, signed)
     zeros = jax.tree.map(jnp.zeros_like, (kernel, bias, rule))
     return (cotangent, *zeros, input_relevance)
 
@@ -175,14 +177,20 @@ def _linear(apply, static_rule):
   return f
 
 
-def _linear_backward(apply, x, kernel, bias, rule, y, relevance, static_rule):
+def _linear_backward(apply, x, kernel, bias, rule, y, relevance, static_rule,
+                     signed):
   """(R_x, cotangent of x) of a Dense/Conv layer under ``rule``."""
   rule = jax.tree.map(
       lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
       else a, rule)
+
+  def branch(fn):
+    return lambda x, kernel, bias, rule, y, relevance: fn(
+        _Layer(apply, x, y, signed), kernel, bias, rule, relevance)
+
   if static_rule is not None:
-    return _BRANCHES[static_rule](apply, x, kernel, bias, rule, y, relevance)
-  branches = [functools.partial(fn, apply) for fn in _BRANCHES]
+    return branch(_BRANCHES[static_rule])(x, kernel, bias, rule, y, relevance)
+  branches = [branch(fn) for fn in _BRANCHES]
   # Every operand is passed explicitly and every derived array is made inside
   # its branch, so only the chosen rule's work is done.
   return jax.lax.switch(rule.rule, branches, x, kernel, bias, rule, y,
@@ -198,41 +206,43 @@ class _Layer:
   Requires a layer without feature groups (all of the project's models).
   """
 
-  def __init__(self, apply, x, y):
-    self.apply, self.x, self.y = apply, x, y
-    # Negative inputs are common only in the input layer: skip their
-    # products when there are none, as after a ReLU.
-    self.has_neg = jnp.any(x < 0)
+  def __init__(self, apply, x, y, signed=True):
+    self.apply, self.x, self.y, self.signed = apply, x, y, signed
 
   def fwd(self, a, *kernels):
     """``[W_k a for k]`` in one product."""
     out = self.apply(a, jnp.concatenate(kernels, axis=-1))
     return jnp.split(out, len(kernels), axis=-1)
 
-  def back(self, kernels, cotangents):
-    """``sum_k W_k^T s_k`` in one transposed product."""
+  def back(self, kernels, cotangents, a=None):
+    """``sum_k W_k^T s_k`` in one transposed product (at inputs shaped like
+    ``a``, by default ``x``)."""
     stacked = jnp.concatenate(kernels, axis=-1)
-    return jax.linear_transpose(lambda a: self.apply(a, stacked), self.x)(
-        jnp.concatenate(cotangents, axis=-1))[0]
+    _, transpose = jax.vjp(lambda a: self.apply(a, stacked),
+                           self.x if a is None else a)
+    return transpose(jnp.concatenate(cotangents, axis=-1))[0]
+
+  def _split_input(self):
+    """``[x+, x-]`` along the input channels: one product applies a kernel
+    pair ``[W_pos; W_neg]`` stacked likewise."""
+    return jnp.concatenate([_pos(self.x), _neg(self.x)], axis=-1)
 
   def fwd_signed(self, *pairs):
     """``[W_pos x+ + W_neg x- for (W_pos, W_neg) in pairs]``."""
-    pos = self.fwd(_pos(self.x), *[p for p, _ in pairs])
-    neg = jax.lax.cond(self.has_neg,
-                       lambda: self.fwd(_neg(self.x), *[n for _, n in pairs]),
-                       lambda: [jnp.zeros_like(self.y)] * len(pairs))
-    return [p + n for p, n in zip(pos, neg)]
+    if not self.signed:
+      return self.fwd(self.x, *[p for p, _ in pairs])
+    return self.fwd(self._split_input(),
+                    *[jnp.concatenate(pair, axis=-2) for pair in pairs])
 
   def back_signed(self, pairs, cotangents):
     """Cotangent ``sum_k 1[x>0] W_pos_k^T s_k + 1[x<0] W_neg_k^T s_k``, so
     that ``R_x = sum_k x+ W_pos_k^T s_k + x- W_neg_k^T s_k``."""
-    pos = self.back([p for p, _ in pairs], cotangents)
-    neg = jax.lax.cond(
-        self.has_neg,
-        lambda: jnp.where(self.x < 0,
-                          self.back([n for _, n in pairs], cotangents), 0),
-        lambda: jnp.zeros_like(self.x))
-    return jnp.where(self.x > 0, pos, 0) + neg
+    if not self.signed:  # x >= 0: the x- products vanish
+      return self.back([p for p, _ in pairs], cotangents)
+    pos, neg = jnp.split(
+        self.back([jnp.concatenate(pair, axis=-2) for pair in pairs],
+                  cotangents, self._split_input()), 2, axis=-1)
+    return jnp.where(self.x > 0, pos, 0) + jnp.where(self.x < 0, neg, 0)
 
   def as_relevance(self, cotangent):
     return self.x * cotangent, cotangent
@@ -246,23 +256,23 @@ def _keep(rule, dtype):
   return jnp.where(rule.zero_bias, 0, 1).astype(dtype)
 
 
-def _epsilon(apply, x, kernel, bias, rule, y, relevance):
-  layer = _Layer(apply, x, y)
+def _epsilon(layer, kernel, bias, rule, relevance):
+  x, y = layer.x, layer.y
   z = y - bias + _keep(rule, x.dtype) * bias
   s = relevance / stabilize(z, rule.eps)
   return layer.as_relevance(layer.back([kernel], [s]))
 
 
-def _zplus(apply, x, kernel, bias, rule, y, relevance):
-  layer = _Layer(apply, x, y)
+def _zplus(layer, kernel, bias, rule, relevance):
+  x = layer.x
   pair = (_pos(kernel), _neg(kernel))
   z, = layer.fwd_signed(pair)
   s = relevance / stabilize(z + _keep(rule, x.dtype) * _pos(bias), rule.eps)
   return layer.as_relevance(layer.back_signed([pair], [s]))
 
 
-def _alpha_beta(apply, x, kernel, bias, rule, y, relevance):
-  layer = _Layer(apply, x, y)
+def _alpha_beta(layer, kernel, bias, rule, relevance):
+  x = layer.x
   wp, wn = _pos(kernel), _neg(kernel)
   keep = _keep(rule, x.dtype)
   zp, zn = layer.fwd_signed((wp, wn), (wn, wp))
@@ -271,8 +281,8 @@ def _alpha_beta(apply, x, kernel, bias, rule, y, relevance):
   return layer.as_relevance(layer.back_signed([(wp, wn), (wn, wp)], [sp, sn]))
 
 
-def _gamma(apply, x, kernel, bias, rule, y, relevance):
-  layer = _Layer(apply, x, y)
+def _gamma(layer, kernel, bias, rule, relevance):
+  x, y = layer.x, layer.y
   g, keep = rule.gamma, _keep(rule, x.dtype)
   wgp, wgn = kernel + g * _pos(kernel), kernel + g * _neg(kernel)
   zp, zn = layer.fwd_signed((wgp, wgn), (wgn, wgp))
@@ -284,19 +294,20 @@ def _gamma(apply, x, kernel, bias, rule, y, relevance):
       layer.back_signed([(wgp, wgn), (wgn, wgp)], [sp, sn]))
 
 
-def _zbox(apply, x, kernel, bias, rule, y, relevance):
+def _zbox(layer, kernel, bias, rule, relevance):
   del bias  # it cancels: (b) - (b+) - (b-) = 0, as in zennit
+  x = layer.x
   wp, wn = _pos(kernel), _neg(kernel)
   low = jnp.broadcast_to(rule.low, x.shape)
   high = jnp.broadcast_to(rule.high, x.shape)
   # The three products W x, W+ low, W- high as one product over the three
   # inputs stacked along the input channels.
-  stacked = _Layer(apply, jnp.concatenate([x, low, high], axis=-1), y)
+  stacked = jnp.concatenate([x, low, high], axis=-1)
   kernels = [jnp.concatenate([kernel, -wp, -wn], axis=-2)]
-  z, = stacked.fwd(stacked.x, *kernels)
+  z, = layer.fwd(stacked, *kernels)
   s = relevance / stabilize(z, rule.eps)
-  gx, gl, gh = jnp.split(stacked.back(kernels, [s]), 3, axis=-1)
-  return _Layer(apply, x, y).from_relevance(x * gx + low * gl + high * gh)
+  gx, gl, gh = jnp.split(layer.back(kernels, [s], stacked), 3, axis=-1)
+  return layer.from_relevance(x * gx + low * gl + high * gh)
 
 
 def _square(layer, w, b, relevance, eps):
@@ -305,15 +316,14 @@ def _square(layer, w, b, relevance, eps):
   return layer.from_relevance(layer.back([w], [s]))
 
 
-def _flat(apply, x, kernel, bias, rule, y, relevance):
+def _flat(layer, kernel, bias, rule, relevance):
   del bias
-  return _square(_Layer(apply, x, y), jnp.ones_like(kernel), 0, relevance,
-                 rule.eps)
+  return _square(layer, jnp.ones_like(kernel), 0, relevance, rule.eps)
 
 
-def _wsquare(apply, x, kernel, bias, rule, y, relevance):
-  return _square(_Layer(apply, x, y), kernel**2,
-                 _keep(rule, x.dtype) * bias**2, relevance, rule.eps)
+def _wsquare(layer, kernel, bias, rule, relevance):
+  return _square(layer, kernel**2, _keep(rule, layer.x.dtype) * bias**2,
+                 relevance, rule.eps)
 
 
 # In the order of LINEAR_RULES.

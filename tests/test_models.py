@@ -100,6 +100,47 @@ def test_adaptive_avg_pool_matches_torch():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize('window,stride,padding', [(3, 2, 1), (2, 2, 0),
+                                                   (3, 3, 0)])
+def test_max_pool_and_its_gradient_match_torch(window, stride, padding, x64):
+  """Values and winner-takes-all gradient, ties included (first maximum)."""
+  del x64
+  torch = pytest.importorskip('torch')
+  rng = np.random.default_rng(0)
+  x = np.maximum(np.round(rng.normal(size=(2, 13, 11, 3)) * 2) / 2, 0)
+  g = rng.normal(size=layers.max_pool(jnp.asarray(x), window, stride,
+                                      padding).shape)
+  y, vjp = jax.vjp(lambda a: layers.max_pool(a, window, stride, padding),
+                   jnp.asarray(x))
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  yt = torch.nn.functional.max_pool2d(xt, window, stride, padding)
+  yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
+  np.testing.assert_array_equal(y, yt.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_allclose(vjp(jnp.asarray(g))[0],
+                             xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [
+    (7, 2, ((3, 3), (3, 3))), (3, 2, ((1, 1), (1, 1))), (5, 3, ((2, 1), (0, 2))),
+    (4, 4, 'VALID'), (3, 2, 'SAME')])
+def test_strided_conv_and_its_gradients_equal_lax(kernel, stride, padding,
+                                                  x64):
+  """The space-to-depth input gradient changes no value or gradient."""
+  del x64
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 17, 16, 3)))
+  k = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, k.shape,
+                                           ('NHWC', 'HWIO', 'NHWC'))
+  outs = []
+  for conv in (jax.lax.conv_general_dilated, layers.conv_general_dilated):
+    y, vjp = jax.vjp(lambda a, w: conv(a, w, (stride, stride), padding,
+                                       dimension_numbers=numbers), x, k)
+    outs.append((y, *vjp(jnp.cos(y))))
+  for ours, lax in zip(outs[1], outs[0]):
+    np.testing.assert_allclose(ours, lax, rtol=1e-12, atol=1e-12)
+
+
 def test_unknown_model_and_attribute_are_clear_errors():
   with pytest.raises(ValueError, match='unknown model .*resnet18'):
     models.create('resnet19')

@@ -119,6 +119,20 @@ def test_gamma_zero_is_epsilon_and_large_gamma_approaches_zplus(layer):
                              atol=1e-6)
 
 
+@pytest.mark.parametrize('name', ['zplus', 'alpha_beta', 'gamma'])
+def test_rules_told_the_input_is_non_negative_match_the_reference(layer, name):
+  """After a ReLU the rules skip the x- products (``signed=False``)."""
+  x, w, b, r = layer
+  x = np.maximum(x, 0)
+  rule = rules.linear_rule(name, eps=1e-6)
+  _, vjp = jax.vjp(lambda a, p: rules.linear(lambda a, k: a @ k, a, w, b, rule,
+                                             p, signed=False),
+                   x, jnp.zeros_like(x))
+  np.testing.assert_allclose(vjp(r / (x @ w + b))[1],
+                             _reference(name, x, w, b, r, 1e-6), rtol=1e-10,
+                             atol=1e-12)
+
+
 @pytest.mark.parametrize('name', ['epsilon', 'zplus', 'gamma', 'alpha_beta',
                                   'zbox', 'wsquare'])
 def test_conv_rule_equals_dense_rule_on_the_conv_matrix(name):

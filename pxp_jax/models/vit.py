@@ -99,7 +99,7 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x):
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), (p, p), padding='VALID', name='proj',
+    x = layers.Conv(self.width, (p, p), (p, p), padding='VALID', name='proj',
                 kernel_init=nn.initializers.lecun_normal())(x)
     return x.reshape(x.shape[0], -1, self.width)
 
