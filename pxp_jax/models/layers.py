@@ -196,7 +196,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   return _strided_conv(lhs, rhs, strides[0], pads, precision)
 
 
-_FEW_CHANNELS = 8
+_FEW_CHANNELS = 16
 
 
 def _nhwc_conv(x, kernel, stride, pads, precision):
