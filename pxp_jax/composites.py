@@ -230,19 +230,38 @@ def epsilon_gamma_box(low, high, gamma=0.25, eps=1e-6, stabilizer=1e-6,
                      zero_bias=zero_bias)
 
 
-def _transformer(linear_rule, eps, attention):
+GROUPS = ('low', 'middle', 'high')
+
+
+def _transformer(linear, eps, attention):
+  """A ViT composite: ``linear`` the entries of the conv and dense layers,
+  ``attention`` the name of the rules of the two attention products."""
   return Composite.of([
       ('layer_norm', Select(('LayerNorm',)), LayerNormIdentity(eps)),
       ('activation', Select(('GELU',)), Identity(eps)),
       ('softmax', Select(('Softmax',)), Gradient()),
-      *attention,
+      *_ATTENTION[attention](eps),
       ('sum', Select(('Sum',)), Norm(eps)),
-      ('linear', Select(LINEAR), linear_rule),
+      *linear,
   ])
 
 
+_ATTENTION = {
+    # AttnLRP: the uniform (50/50) rule on Q K^T and A V.
+    'attn_lrp': lambda eps: [('matmul', Select(('MatMul',)), HalfMatMul(eps))],
+    # CP-LRP: no relevance through the attention weights, only through V.
+    'cp_lrp': lambda eps: [
+        ('attention_scores', Select(('MatMul',), path=r'.*\.qk'),
+         StopRelevance()),
+        ('attention_values', Select(('MatMul',), path=r'.*\.av'), Gradient()),
+    ],
+}
+ATTENTION_RULES = tuple(_ATTENTION)
+
+
 def _vit_linear(eps, gamma):
-  return rules.epsilon(eps) if gamma is None else rules.gamma(gamma, eps)
+  rule = rules.epsilon(eps) if gamma is None else rules.gamma(gamma, eps)
+  return [('linear', Select(LINEAR), rule)]
 
 
 def attn_lrp(eps=1e-6, gamma=None) -> Composite:
@@ -250,21 +269,45 @@ def attn_lrp(eps=1e-6, gamma=None) -> Composite:
   dense layers and the patch embedding, the identity rule on LayerNorm's
   normalisation and GELU, softmax by its gradient, the uniform rule on the
   two attention products, Norm on the residual sums."""
-  return _transformer(_vit_linear(eps, gamma), eps,
-                      [('matmul', Select(('MatMul',)), HalfMatMul(eps))])
+  return _transformer(_vit_linear(eps, gamma), eps, 'attn_lrp')
 
 
 def cp_lrp(eps=1e-6, gamma=None) -> Composite:
   """CP-LRP (Ali et al., 2022) as in LXT: AttnLRP's rules, but no relevance
   through the attention weights; it flows through the values only."""
-  return _transformer(_vit_linear(eps, gamma), eps, [
-      ('attention_scores', Select(('MatMul',), path=r'.*\.qk'),
-       StopRelevance()),
-      ('attention_values', Select(('MatMul',), path=r'.*\.av'), Gradient()),
-  ])
+  return _transformer(_vit_linear(eps, gamma), eps, 'cp_lrp')
 
 
-GROUPS = ('low', 'middle', 'high')
+def vit_groups(low=None, middle=None, high=None, fc=None, *, depth: int,
+               attention: str = 'attn_lrp',
+               boundaries: tuple[float, float] = (1 / 3, 2 / 3),
+               stabilizer=1e-6) -> Composite:
+  """PXP's layer groups for a ViT (Hatefi et al., 2024): the linear layers of
+  blocks ``i`` with ``b1 <= i / depth < b2`` form the middle group (low
+  before, high after; the patch embedding is low), the classification head
+  is ``fc``; each group has its own rule (Epsilon by default, as AttnLRP).
+  ``attention`` is ``'attn_lrp'`` or ``'cp_lrp'``; the other rules are
+  AttnLRP's, with ``stabilizer`` their eps."""
+  if attention not in _ATTENTION:
+    raise ValueError(f'unknown attention rule {attention!r}; choose among '
+                     f'{ATTENTION_RULES}')
+  b1, b2 = boundaries
+  if not 0 <= b1 <= b2 <= 1:
+    raise ValueError(f'boundaries must satisfy 0 <= b1 <= b2 <= 1, got '
+                     f'{boundaries}')
+  cuts = dict(low=(0.0, b1), middle=(b1, b2), high=(b2, 1.0))
+  chosen = dict(low=low, middle=middle, high=high, fc=fc)
+  chosen = {k: rules.epsilon() if v is None else v for k, v in chosen.items()}
+  linear = [('fc', Select(('Dense',), path='head'), chosen['fc'])]
+  for group in GROUPS:
+    start, stop = cuts[group]
+    paths = [rf'blocks\.{i}\..*' for i in range(depth)
+             if start <= i / depth < stop]
+    if group == 'low':
+      paths.insert(0, r'patch_embed\..*')
+    pattern = '|'.join(paths) or '(?!)'  # (?!) matches nothing
+    linear.append((group, Select(LINEAR, path=pattern), chosen[group]))
+  return _transformer(linear, stabilizer, attention)
 
 
 def pxp_groups(low=None, middle=None, high=None, fc=None, *,
@@ -312,6 +355,7 @@ PRESETS = {
     'attn_lrp': attn_lrp,
     'cp_lrp': cp_lrp,
     'pxp_groups': pxp_groups,
+    'vit_groups': vit_groups,
 }
 
 

@@ -27,14 +27,22 @@ from pxp_jax import workdir as workdir_lib
 REPORTED_RATES = (0.3, 0.5, 0.7)
 
 
-def composite_for(config, model, preprocess) -> composites.Composite:
+def composite_for(config, model, preprocess
+                  ) -> tuple[composites.Composite, bool]:
   """The LRP composite the config names (a preset, a JSON file, or the
-  default: the 2021 paper's groups for CNNs, AttnLRP for ViTs)."""
+  default: the 2021 paper's groups for CNNs, AttnLRP for ViTs), and whether
+  units are ranked by signed relevance: ``config.signed``, or the JSON
+  file's ``"signed"`` where it has one (the search's best_composite.json)."""
   if config.composite_json:
     path = pathlib.Path(config.composite_json)
     if not path.is_file():
       raise FileNotFoundError(f'--config.composite_json={path} does not exist')
-    return composites.from_json(json.loads(path.read_text()))
+    spec = json.loads(path.read_text())
+    return composites.from_json(spec), bool(spec.get('signed', config.signed))
+  return _named_composite(config, model, preprocess), config.signed
+
+
+def _named_composite(config, model, preprocess) -> composites.Composite:
   if config.composite:
     kwargs = {}
     if config.composite == 'epsilon_gamma_box':
@@ -65,7 +73,7 @@ def prune(config, workdir) -> dict[str, Any]:
       classes=classes)
   found = structure.trace(model, variables, images[:1].shape)
   units = pruning.prunable(found, config.units)
-  composite = composite_for(config, model, preprocess)
+  composite, signed = composite_for(config, model, preprocess)
   _log(start, f'{len(labels)} reference samples, {config.units}: '
        f'{sum(pruning.sizes(units).values())} units in {len(units)} layers')
 
@@ -77,7 +85,7 @@ def prune(config, workdir) -> dict[str, Any]:
       key = name if seed is None else f'random_{seed}'
       scores[key] = _cached_scores(workdir / 'scores' / key, lambda: criteria.score(
           name, model, variables, images, labels, units, composite=composite,
-          batch_size=config.batch_size, signed=config.signed,
+          batch_size=config.batch_size, signed=signed,
           absolute_tokens=config.absolute_tokens,
           seed=config.seed + (seed or 0), ig_steps=config.ig_steps))
       if config.normalize and name in ('weight', 'gradient', 'taylor'):

@@ -6,17 +6,21 @@ Gamma, ZPlus and AlphaBeta(2, 1), here together with the eps and gamma the
 reference leaves at defaults, and whether units are ranked by |R| or by
 signed R, to maximise A_PR (mean accuracy over pruning rates). Unlike the
 reference, the search scores trials on a validation split and the final
-comparison is on the test split.
+comparison is on the test split. For ViTs the groups are blocks (the patch
+embedding is low, the head is fc) and the attention rule, AttnLRP or
+CP-LRP, is searched too.
 
-Every trial reuses the same two compiled programs, the relevance collection
-(rules are array leaves: ``dynamic_rules=True``) and the evaluation sweep
-(masks are arguments). Trials are stored by optuna (SQLite in the workdir by
+Every trial reuses the same compiled programs, the relevance collection
+(rules are array leaves: ``dynamic_rules=True``; one program per attention
+rule of a ViT, whose rules differ in kind) and the evaluation sweep (masks
+are arguments). Trials are stored by optuna (SQLite in the workdir by
 default), so a killed search continues where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import pathlib
 import time
@@ -26,8 +30,8 @@ import numpy as np
 import optuna
 from matplotlib.figure import Figure
 
-from pxp_jax import (checkpoints, composites, criteria, data, plot, pruning,
-                     rules, structure)
+from pxp_jax import (checkpoints, composites, criteria, data, models, plot,
+                     pruning, rules, structure)
 from pxp_jax import workdir as workdir_lib
 
 STUDY = 'pxp_search'
@@ -53,24 +57,36 @@ def _validate_space(space) -> None:
                        f'({low}, {high})')
   if not space.signed:
     raise ValueError('space.signed must allow False, True or both')
+  unknown = set(space.attention) - set(composites.ATTENTION_RULES)
+  if not space.attention or unknown:
+    raise ValueError(f'space.attention must name one or more of '
+                     f'{composites.ATTENTION_RULES}, got {space.attention}')
 
 
-def composite_from_params(params: dict[str, Any], space) -> composites.Composite:
-  """The pxp_groups composite of a trial's parameters; groups outside the
-  space keep the 2021 paper's rules."""
+def composite_from_params(params: dict[str, Any], space,
+                          depth: int | None = None) -> composites.Composite:
+  """The composite of a trial's parameters: ``pxp_groups`` for a CNN,
+  ``vit_groups`` for a ViT of ``depth`` blocks. Groups outside the space keep
+  their defaults (the 2021 paper's rules; AttnLRP's for a ViT)."""
   chosen = {}
   for group in space.groups:
     chosen[group] = rules.linear_rule(
         params[f'{group}.rule'], eps=params[f'{group}.eps'],
         gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0)
-  return composites.pxp_groups(**chosen, boundaries=tuple(space.boundaries))
+  boundaries = tuple(space.boundaries)
+  if depth is None:
+    return composites.pxp_groups(**chosen, boundaries=boundaries)
+  return composites.vit_groups(**chosen, depth=depth, boundaries=boundaries,
+                               attention=params['attention'])
 
 
-def _suggest(trial: optuna.Trial, space) -> dict[str, Any]:
+def _suggest(trial: optuna.Trial, space, vit: bool) -> dict[str, Any]:
   for group in space.groups:
     trial.suggest_categorical(f'{group}.rule', list(space.rules))
     trial.suggest_float(f'{group}.eps', *space.eps, log=True)
     trial.suggest_float(f'{group}.gamma', *space.gamma, log=True)
+  if vit:
+    trial.suggest_categorical('attention', list(space.attention))
   trial.suggest_categorical('signed', list(space.signed))
   if space.n_per_class:
     trial.suggest_categorical('n_per_class', list(space.n_per_class))
@@ -94,6 +110,8 @@ class _Problem:
     images, _ = self.references(config.n_per_class)
     found = structure.trace(self.model, self.variables, images[:1].shape)
     self.units = pruning.prunable(found, config.units)
+    self.depth = (self.model.depth if isinstance(self.model, models.ViT)
+                  else None)
     self.sweep = pruning.sweep_correct(self.model)
     self.rates = list(config.rates)
     self._arrays = {}
@@ -123,8 +141,12 @@ class _Problem:
     return criteria.score(
         criterion, self.model, self.variables, images, labels,
         self.units, composite=composite, signed=signed,
+        absolute_tokens=self.config.absolute_tokens,
         batch_size=self.config.batch_size, seed=self.config.seed + seed,
         dynamic_rules=True)
+
+  def composite(self, params: dict[str, Any]) -> composites.Composite:
+    return composite_from_params(params, self.config.space, self.depth)
 
   def curves(self, per_criterion: dict, split: str) -> dict[str, np.ndarray]:
     masks = {k: pruning.masks(s, self.rates) for k, s in per_criterion.items()}
@@ -145,12 +167,12 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   workdir_lib.claim(workdir, config)
   start = time.time()
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
-  study = _study(config, workdir)
   problem = _Problem(config)
+  study = _study(config, workdir, vit=problem.depth is not None)
 
   def objective(trial):
-    params = _suggest(trial, config.space)
-    composite = composite_from_params(params, config.space)
+    params = _suggest(trial, config.space, vit=problem.depth is not None)
+    composite = problem.composite(params)
     scores = problem.scores('lrp', composite, signed=params['signed'],
                             n_per_class=params.get('n_per_class'))
     accuracy = problem.curves({'lrp': scores}, config.validation_split)['lrp']
@@ -169,10 +191,15 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
     study.optimize(objective, n_trials=n_trials - done,
                    timeout=timeout or None, callbacks=[progress])
   best = study.best_trial
-  best_json = {'preset': 'pxp_groups', 'args': {
-      g: composites.rule_to_json(composite_from_params(best.params,
-                                                       config.space)[g])
-      for g in config.space.groups},
+  best_composite = problem.composite(best.params)
+  args = {g: composites.rule_to_json(best_composite[g])
+          for g in (*composites.GROUPS, 'fc')}
+  args['boundaries'] = list(config.space.boundaries)
+  if problem.depth is not None:
+    args.update(depth=problem.depth, attention=best.params['attention'])
+  best_json = {'preset': 'pxp_groups' if problem.depth is None
+                         else 'vit_groups',
+               'args': args,
                'signed': best.params['signed'],
                'n_per_class': best.params.get('n_per_class',
                                               config.n_per_class),
@@ -194,7 +221,7 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   return comparison
 
 
-def _study(config, workdir: pathlib.Path) -> optuna.Study:
+def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
   storage = config.storage or f'sqlite:///{workdir / "study.db"}'
   if config.sampler == 'gp':
     import importlib.util  # pylint: disable=g-import-not-at-top
@@ -215,8 +242,8 @@ def _study(config, workdir: pathlib.Path) -> optuna.Study:
   except Exception as error:  # pylint: disable=broad-except
     raise ConnectionError(f'cannot open the optuna storage {storage!r}: '
                           f'{error}') from error
-  if not study.trials:  # start from the 2021 paper's composite
-    default = _default_params(config.space)
+  if not study.trials:  # start from the usual composite
+    default = _default_params(config.space, vit)
     if default is not None:
       study.enqueue_trial(default)
   # A trial cut by a kill is retried: mark it failed and queue its params.
@@ -226,17 +253,22 @@ def _study(config, workdir: pathlib.Path) -> optuna.Study:
   return study
 
 
-def _default_params(space) -> dict[str, Any] | None:
-  """The 2021 composite (ZPlus on convs, Epsilon on dense layers, |R|) as
-  trial parameters, if the space contains it."""
+def _default_params(space, vit: bool) -> dict[str, Any] | None:
+  """The usual composite as trial parameters, if the space contains it: for
+  a CNN the 2021 paper's (ZPlus on convs, Epsilon on dense layers), for a ViT
+  AttnLRP's (Epsilon everywhere); ranked by |R|."""
   params = {}
   for group in space.groups:
-    rule = 'epsilon' if group == 'fc' else 'zplus'
+    rule = 'epsilon' if vit or group == 'fc' else 'zplus'
     if rule not in space.rules:
       return None
     params.update({f'{group}.rule': rule,
                    f'{group}.eps': float(np.clip(1e-6, *space.eps)),
                    f'{group}.gamma': float(np.clip(0.25, *space.gamma))})
+  if vit:
+    if 'attn_lrp' not in space.attention:
+      return None
+    params['attention'] = 'attn_lrp'
   if False not in space.signed:
     return None
   params['signed'] = False
@@ -246,16 +278,29 @@ def _default_params(space) -> dict[str, Any] | None:
 
 
 def _compare(problem: _Problem, params, config) -> dict[str, Any]:
-  """The optimised composite against the baselines, on the test split."""
-  eps = rules.epsilon()
+  """The optimised composite against the baselines, on the test split.
+
+  ``epsilon`` is Epsilon on every layer and ``pxp_2021`` ZPlus on the
+  feature layers with Epsilon on the classifier, the 2021 paper's composite
+  (for a ViT: on the blocks' linear layers and the patch embedding, with
+  AttnLRP's other rules); a ViT adds CP-LRP (Epsilon everywhere), LXT's
+  default."""
+  eps, zplus = rules.epsilon(), rules.zplus()
+  boundaries = tuple(config.space.boundaries)
+  if problem.depth is None:
+    groups = functools.partial(composites.pxp_groups, boundaries=boundaries)
+    extra = {}
+  else:
+    groups = functools.partial(composites.vit_groups, depth=problem.depth,
+                               boundaries=boundaries)
+    extra = {'cp_lrp': problem.scores('lrp', groups(attention='cp_lrp'))}
   candidates = {
       'optimised': problem.scores(
-          'lrp', composite_from_params(params, config.space),
-          signed=params['signed'], n_per_class=params.get('n_per_class')),
-      'epsilon': problem.scores('lrp', composites.pxp_groups(
-          eps, eps, eps, eps, boundaries=tuple(config.space.boundaries))),
-      'pxp_2021': problem.scores('lrp', composites.pxp_groups(
-          boundaries=tuple(config.space.boundaries))),
+          'lrp', problem.composite(params), signed=params['signed'],
+          n_per_class=params.get('n_per_class')),
+      'epsilon': problem.scores('lrp', groups(eps, eps, eps, eps)),
+      'pxp_2021': problem.scores('lrp', groups(zplus, zplus, zplus, eps)),
+      **extra,
       'weight': problem.scores('weight'),
       **{f'random_{s}': problem.scores('random', seed=s) for s in range(3)},
   }

@@ -65,6 +65,33 @@ def test_vit_conserves_relevance_with_cp_lrp():
   np.testing.assert_allclose(totals['head'], 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize('attention', ['attn_lrp', 'cp_lrp'])
+def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
+    attention):
+  model, variables, x = _model('vit_tiny', jnp.float64)
+  grouped = composites.vit_groups(depth=model.depth, attention=attention)
+  found = structure.trace(model, variables, x.shape)
+  groups = {path: grouped.names[entry]
+            for path, entry in relevance._plan(found, grouped).items()  # pylint: disable=protected-access
+            if grouped.names[entry] in ('low', 'middle', 'high', 'fc')}
+  depth = model.depth
+  for path, group in groups.items():
+    if path == 'head':
+      assert group == 'fc'
+    elif path.startswith('patch_embed'):
+      assert group == 'low'
+    else:
+      block = int(path.split('.')[1])
+      assert group == ('low' if block < depth / 3 else
+                       'middle' if block < 2 * depth / 3 else 'high'), path
+  # With Epsilon in every group it is the published composite.
+  published = getattr(composites, attention)()
+  ours = relevance.attribute(model, variables, x, jnp.array([1, 2]), grouped)
+  reference = relevance.attribute(model, variables, x, jnp.array([1, 2]),
+                                  published)
+  np.testing.assert_array_equal(ours.input, reference.input)
+
+
 def test_units_cover_filters_neurons_and_heads():
   model, variables, x = _model('vit_tiny')
   result = relevance.attribute(model, variables, x, jnp.array([0, 1]),

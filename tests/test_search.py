@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from experiments.configs import search as search_configs
-from pxp_jax import relevance, search
+from pxp_jax import composites, relevance, search
 
 
 def _config(digits_dir, **changes):
@@ -46,7 +46,7 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   study = optuna.load_study(study_name=search.STUDY,
                             storage=f'sqlite:///{tmp_path / "study.db"}')
   cut = study.ask()
-  search._suggest(cut, _config(digits_dir).space)  # pylint: disable=protected-access
+  search._suggest(cut, _config(digits_dir).space, vit=False)  # pylint: disable=protected-access
   compiled = relevance._attribute._cache_size()  # pylint: disable=protected-access
   search.search(_config(digits_dir), tmp_path, n_trials=5)
   rows = _trials(tmp_path)
@@ -83,3 +83,29 @@ def test_unreachable_storage_and_foreign_workdir(digits_dir, tmp_path):
   with pytest.raises(ValueError, match='different config'):
     search.search(_config(digits_dir, units='neurons'), tmp_path / 'b',
                   n_trials=1)
+
+
+def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
+                                                                 tmp_path):
+  config = search_configs.get_config('model=vit_digits,runlocal')
+  config.data_dir = digits_dir
+  config.n_per_class = 2
+  config.sampler = 'tpe'
+  compiled = relevance._attribute._cache_size()  # pylint: disable=protected-access
+  search.search(config, tmp_path, n_trials=4)
+  rows = _trials(tmp_path)
+  # The first trial is AttnLRP as published: Epsilon everywhere.
+  assert rows[0]['attention'] == 'attn_lrp'
+  assert {rows[0][f'{g}.rule'] for g in ('low', 'middle', 'high', 'fc')} == {
+      'epsilon'}
+  assert {r['attention'] for r in rows} == {'attn_lrp', 'cp_lrp'}
+  # Trials and comparison reuse one relevance program per attention rule.
+  assert relevance._attribute._cache_size() - compiled <= 2  # pylint: disable=protected-access
+  best = json.loads((tmp_path / 'best_composite.json').read_text())
+  assert best['preset'] == 'vit_groups' and best['args']['depth'] == 4
+  assert best['validation_a_pr'] >= float(rows[0]['a_pr'])
+  composite = composites.from_json(best)  # what experiments.prune reads
+  assert composite['fc'].name == best['args']['fc']['rule']
+  comparison = json.loads((tmp_path / 'comparison.json').read_text())
+  assert set(comparison['criteria']) == {'optimised', 'epsilon', 'pxp_2021',
+                                         'cp_lrp', 'weight', 'random'}

@@ -1,9 +1,11 @@
 """Search configs: ``--config=experiments/configs/search.py:model=NAME``.
 
-NAME is a checkpoint (``resnet_digits``, or a checkpoint folder); append
-``,runlocal`` for a quick run (3 samples per class, 5 rates). The search
-space is ``config.space``: narrow or widen it on the command line, e.g.
-``--config.space.rules='("gamma","epsilon")'``.
+NAME is a checkpoint (``resnet_digits``, ``vit_digits``, or a checkpoint
+folder); append ``,runlocal`` for a quick run (3 samples per class, 5
+rates). The search space is ``config.space``: narrow or widen it on the
+command line, e.g. ``--config.space.rules='("gamma","epsilon")'``. A ViT
+prunes MLP neurons by default (``--config.units=heads`` for heads) and also
+searches the attention rule (``space.attention``).
 """
 
 import ml_collections
@@ -14,8 +16,10 @@ from pxp_jax import pruning
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
                  for kv in arg.split(',') if kv)
+  model = options.get('model', 'resnet_digits')
+  vit = 'vit' in model
   config = ml_collections.ConfigDict(dict(
-      model=options.get('model', 'resnet_digits'),
+      model=model,
       dataset='',
       data_dir='',
       classes=(),
@@ -24,7 +28,8 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       test_split='test',               # the final comparison
       n_per_class=10,
       seed=0,
-      units='filters',
+      units='neurons' if vit else 'filters',   # filters | neurons | heads
+      absolute_tokens=vit,             # |R| per token before summing tokens
       rates=pruning.DEFAULT_RATES,
       batch_size=32,
       eval_batch_size=512,
@@ -36,7 +41,9 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
           eps=(1e-9, 1.0),             # log scale
           gamma=(1e-3, 10.0),          # log scale
           signed=(False, True),        # rank by signed R or by |R|
-          boundaries=(1 / 3, 2 / 3),   # where middle and high convs start
+          boundaries=(1 / 3, 2 / 3),   # where middle and high convs (or
+                                       # ViT blocks) start
+          attention=('attn_lrp', 'cp_lrp'),  # ViTs: the attention rule
           n_per_class=(),              # e.g. (1, 3, 10): search it too
       ),
   ))
