@@ -82,10 +82,10 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
                                    check_finite=False)
       return {k: result.units[k] for k in units}
 
-    transform = (lambda v: v) if signed else jnp.abs
+    transform = (lambda v: v) if signed else np.abs
   else:
     per_batch = _sensitivity(model, variables, units, criterion, ig_steps)
-    transform = jnp.abs
+    transform = np.abs
   totals = {k: np.zeros(size) for k, size in n.items()}
   images, labels = np.asarray(images), np.asarray(labels)
   for start in range(0, len(images), batch_size):
@@ -96,9 +96,8 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
       x = np.concatenate([x, np.repeat(x[-1:], batch_size - valid, 0)])
       t = np.concatenate([t, np.repeat(t[-1:], batch_size - valid, 0)])
     values = per_batch(jnp.asarray(x), jnp.asarray(t))
-    for k in units:
-      totals[k] += np.asarray(jnp.sum(transform(values[k][:valid]), axis=0),
-                              np.float64)
+    for k in units:  # summed on the host: no program per sample count
+      totals[k] += transform(np.asarray(values[k], np.float64)[:valid]).sum(0)
   bad = [k for k, v in totals.items() if not np.all(np.isfinite(v))]
   if bad:
     raise FloatingPointError(f'{criterion} scores are NaN or infinite for '

@@ -11,6 +11,8 @@ softmax output). Yeom et al., Pattern Recognition 2021; Hatefi et al., 2024.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
@@ -166,6 +168,7 @@ def masked_apply(model: nn.Module, variables, x, unit_masks: Mapping,
     return model.apply(variables, x)
 
 
+@functools.cache  # one program per model, however many sweeps ask
 def sweep_correct(model: nn.Module) -> Callable:
   """A jitted ``(variables, images, labels, stacked_masks, classes) ->
   correct`` counting, for every row of the stacked masks (unit key ->

@@ -19,6 +19,7 @@ default), so a killed search continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -26,6 +27,7 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import numpy as np
 import optuna
 from matplotlib.figure import Figure
@@ -107,6 +109,8 @@ class _Problem:
                                      data_dir=config.data_dir or None)
     self.classes = list(config.classes) if config.classes else None
     self._references = {}
+    for n in config.space.n_per_class:  # prepared up front: trials only run
+      self.references(n)
     images, _ = self.references(config.n_per_class)
     found = structure.trace(self.model, self.variables, images[:1].shape)
     self.units = pruning.prunable(found, config.units)
@@ -171,18 +175,21 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   study = _study(config, workdir, vit=problem.depth is not None)
 
   def objective(trial):
-    params = _suggest(trial, config.space, vit=problem.depth is not None)
-    composite = problem.composite(params)
-    scores = problem.scores('lrp', composite, signed=params['signed'],
-                            n_per_class=params.get('n_per_class'))
-    accuracy = problem.curves({'lrp': scores}, config.validation_split)['lrp']
+    with _counting_compiles() as compiles:
+      params = _suggest(trial, config.space, vit=problem.depth is not None)
+      composite = problem.composite(params)
+      scores = problem.scores('lrp', composite, signed=params['signed'],
+                              n_per_class=params.get('n_per_class'))
+      accuracy = problem.curves({'lrp': scores},
+                                config.validation_split)['lrp']
+    trial.set_user_attr('compiles', compiles[0])
     return pruning.summarize(problem.rates, accuracy, accuracy[0])['a_pr']
 
   def progress(study, trial):
     best = study.best_trial
     print(f'[{time.time() - start:6.1f}s] trial {trial.number}: A_PR '
-          f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number})',
-          flush=True)
+          f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number}); '
+          f'{trial.user_attrs["compiles"]} XLA compilations', flush=True)
 
   done = sum(t.state == optuna.trial.TrialState.COMPLETE
              for t in study.trials)
@@ -219,6 +226,27 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
               title=f'{config.model}: optimised LRP vs baselines (test split)')
   print(_table(comparison), flush=True)
   return comparison
+
+
+@contextlib.contextmanager
+def _counting_compiles():
+  """``[n]``: the XLA compilations inside the block, counted by jax's
+  monitoring event for each backend compile."""
+  count = [0]
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == _COMPILE_EVENT:
+      count[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield count
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
 def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
@@ -326,11 +354,13 @@ def _write_trials(path, study):
   names = sorted({k for t in trials for k in t.params})
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['number', 'state', 'a_pr', 'seconds', *names])
+    writer.writerow(['number', 'state', 'a_pr', 'seconds', 'compiles',
+                     *names])
     for t in trials:
       seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
                  if t.datetime_complete and t.datetime_start else '')
       writer.writerow([t.number, t.state.name, t.value, seconds,
+                       t.user_attrs.get('compiles', ''),
                        *[t.params.get(k, '') for k in names]])
 
 

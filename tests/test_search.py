@@ -57,8 +57,11 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   assert any(r['low.rule'] == cut.params['low.rule'] and
              float(r['low.eps']) == pytest.approx(cut.params['low.eps'])
              for r in retried)
-  # The new trials reused the compiled relevance program.
+  # The new trials reused the compiled relevance program, and after the
+  # first trial no trial compiled anything.
   assert relevance._attribute._cache_size() == compiled  # pylint: disable=protected-access
+  assert int(rows[0]['compiles']) > 0
+  assert all(int(r['compiles']) == 0 for r in rows[1:] if r['compiles'])
 
 
 @pytest.mark.parametrize('change,message', [
@@ -99,8 +102,12 @@ def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
   assert {rows[0][f'{g}.rule'] for g in ('low', 'middle', 'high', 'fc')} == {
       'epsilon'}
   assert {r['attention'] for r in rows} == {'attn_lrp', 'cp_lrp'}
-  # Trials and comparison reuse one relevance program per attention rule.
+  # Trials and comparison reuse one relevance program per attention rule:
+  # only the first trial and the first CP-LRP trial compile.
   assert relevance._attribute._cache_size() - compiled <= 2  # pylint: disable=protected-access
+  first_cp = next(r for r in rows if r['attention'] == 'cp_lrp')
+  assert [r['number'] for r in rows if int(r['compiles'])] == [
+      rows[0]['number'], first_cp['number']]
   best = json.loads((tmp_path / 'best_composite.json').read_text())
   assert best['preset'] == 'vit_groups' and best['args']['depth'] == 4
   assert best['validation_a_pr'] >= float(rows[0]['a_pr'])
