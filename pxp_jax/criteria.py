@@ -79,7 +79,7 @@ def score(criterion: str, model: nn.Module, variables, images, labels,
       result = relevance.attribute(model, variables, x, t, composite,
                                    absolute_tokens=absolute_tokens,
                                    dynamic_rules=dynamic_rules,
-                                   check_finite=False)
+                                   input_relevance=False, check_finite=False)
       return {k: result.units[k] for k in units}
 
     transform = (lambda v: v) if signed else np.abs

@@ -36,7 +36,7 @@ class Attribution:
   Attributes:
     logits: (batch, classes) model outputs.
     input: input relevance, the shape of the inputs (sum over channels for a
-      heatmap).
+      heatmap); None when not asked for (``input_relevance=False``).
     units: unit key -> (batch, units) relevance: conv filters (summed over
       space) and dense neurons (summed over tokens) keyed by the layer's path,
       attention heads (at the softmax output, summed over queries and keys)
@@ -44,13 +44,14 @@ class Attribution:
   """
 
   logits: jax.Array
-  input: jax.Array
+  input: jax.Array | None
   units: dict[str, jax.Array]
 
 
 def attribute(model: nn.Module, variables, inputs, targets,
               composite: composites.Composite, *, init: str = 'one_hot',
               absolute_tokens: bool = False, dynamic_rules: bool = False,
+              input_relevance: bool = True,
               check_finite: bool = True) -> Attribution:
   """LRP relevance of ``targets`` for a batch of inputs.
 
@@ -73,6 +74,9 @@ def attribute(model: nn.Module, variables, inputs, targets,
       choice), while eps, gamma, alpha, beta, low, high and the bias option
       never recompile in either mode. A composite passed in as traced values
       (inside ``jit``) always uses dynamic rules.
+    input_relevance: False skips the input relevance (``input`` is None) and
+      the backward pass through the input layer, when only the units' are
+      wanted (pruning).
     check_finite: raise if a relevance is NaN or infinite (skipped when called
       inside a transformation such as ``jit``, where values are abstract).
 
@@ -96,13 +100,14 @@ def attribute(model: nn.Module, variables, inputs, targets,
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
   result = _attribute(model, variables, inputs, targets, composite, init,
                       absolute_tokens,
-                      None if dynamic_rules else _fixed_rules(composite))
+                      None if dynamic_rules else _fixed_rules(composite),
+                      input_relevance)
   if not isinstance(targets, jax.core.Tracer):
     num_classes = result.logits.shape[-1]
     if np.any((np.asarray(targets) < 0) | (np.asarray(targets) >= num_classes)):
       raise ValueError(f'targets must lie in [0, {num_classes}) for this '
                        f'model, got {np.asarray(targets).tolist()}')
-  if check_finite and not isinstance(result.input, jax.core.Tracer):
+  if check_finite and not isinstance(result.logits, jax.core.Tracer):
     _raise_if_not_finite(result)
     if init == 'one_hot':
       target_logits = np.take_along_axis(np.asarray(result.logits),
@@ -131,7 +136,8 @@ def _check_arguments(inputs, targets):
 
 def _raise_if_not_finite(result: Attribution):
   bad = [k for k, v in result.units.items() if not np.all(np.isfinite(v))]
-  if bad or not np.all(np.isfinite(result.input)):
+  if bad or (result.input is not None
+             and not np.all(np.isfinite(result.input))):
     raise FloatingPointError(
         'relevance is NaN or infinite (input'
         + (f' and units {", ".join(bad[:10])}' if bad else '') + '); a '
@@ -152,9 +158,10 @@ def _fixed_rules(composite) -> tuple[int | None, ...] | None:
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'init',
-                                             'absolute_tokens', 'fixed_rules'))
+                                             'absolute_tokens', 'fixed_rules',
+                                             'with_input'))
 def _attribute(model, variables, inputs, targets, composite, init,
-               absolute_tokens, fixed_rules):
+               absolute_tokens, fixed_rules, with_input):
   found = structure.trace(model, variables, inputs.shape, inputs.dtype)
   plan = _plan(found, composite)
   canonical = canonize.fold_traced(variables, found)
@@ -169,7 +176,12 @@ def _attribute(model, variables, inputs, targets, composite, init,
     with nn.intercept_methods(interceptor):
       return model.apply(canonical, inputs)
 
-  logits, vjp = jax.vjp(forward, inputs, probes, input_probe)
+  if with_input:
+    logits, vjp = jax.vjp(forward, inputs, probes, input_probe)
+  else:  # no cotangent for the inputs: their backward pass is not built
+    logits, probes_vjp = jax.vjp(
+        lambda p: forward(inputs, p, input_probe), probes)
+    vjp = lambda g: (None, *probes_vjp(g), None)  # noqa: E731
   num_classes = logits.shape[-1]
   one_hot = jax.nn.one_hot(targets, num_classes, dtype=logits.dtype)
   if init == 'one_hot':  # R = 1 at the target: cotangent R / y
@@ -179,7 +191,9 @@ def _attribute(model, variables, inputs, targets, composite, init,
   else:  # R = y at the target: cotangent 1
     cotangent = one_hot
   grad_inputs, grad_probes, grad_input_probe = vjp(cotangent)
-  if found.first_linear is not None:
+  if not with_input:
+    input_relevance = None
+  elif found.first_linear is not None:
     input_relevance = grad_input_probe
   else:
     input_relevance = inputs * grad_inputs

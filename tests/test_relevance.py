@@ -92,6 +92,18 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
   np.testing.assert_array_equal(ours.input, reference.input)
 
 
+@pytest.mark.parametrize('name', ['resnet_tiny', 'vit_tiny'])
+def test_units_alone_equal_the_full_attribution(name):
+  model, variables, x = _model(name, jnp.float64)
+  composite = composites.for_model(model)
+  full = relevance.attribute(model, variables, x, jnp.array([3, 7]), composite)
+  units = relevance.attribute(model, variables, x, jnp.array([3, 7]),
+                              composite, input_relevance=False)
+  assert units.input is None
+  for key, value in full.units.items():
+    np.testing.assert_array_equal(units.units[key], value, err_msg=key)
+
+
 def test_units_cover_filters_neurons_and_heads():
   model, variables, x = _model('vit_tiny')
   result = relevance.attribute(model, variables, x, jnp.array([0, 1]),
