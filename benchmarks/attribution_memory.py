@@ -47,7 +47,7 @@ def main(argv):
       fixed = relevance._fixed_rules(composite)  # pylint: disable=protected-access
       ours = relevance._attribute.lower(  # pylint: disable=protected-access
           model, variables, x, targets, composite, 'one_hot', False,
-          fixed).compile()
+          fixed, True).compile()
       g, a = _temp_mib(grad), _temp_mib(ours)
       print(f'| {name} | {_BATCH.value} | {comp_name} | {g:.0f} | {a:.0f} | '
             f'{a / g:.2f} |', flush=True)
