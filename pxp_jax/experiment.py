@@ -48,6 +48,8 @@ def _named_composite(config, model, preprocess) -> composites.Composite:
     if config.composite == 'epsilon_gamma_box':
       mean, std = np.asarray(preprocess.mean), np.asarray(preprocess.std)
       kwargs = dict(low=(0 - mean) / std, high=(1 - mean) / std)
+    elif config.composite == 'vit_groups':
+      kwargs = dict(depth=model.depth)
     return composites.get(config.composite, **kwargs)
   if isinstance(model, pxp_jax.models.ViT):
     return composites.attn_lrp()
