@@ -8,12 +8,13 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
+from experiments.configs.options import parse
+
 from pxp_jax import pruning
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
-  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
-                 for kv in arg.split(',') if kv)
+  options = parse(arg)
   model = options.get('model', 'resnet_digits')
   vit = 'vit' in model
   config = ml_collections.ConfigDict(dict(

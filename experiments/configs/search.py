@@ -10,12 +10,13 @@ searches the attention rule (``space.attention``).
 
 import ml_collections
 
+from experiments.configs.options import parse
+
 from pxp_jax import pruning
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
-  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
-                 for kv in arg.split(',') if kv)
+  options = parse(arg)
   model = options.get('model', 'resnet_digits')
   vit = 'vit' in model
   config = ml_collections.ConfigDict(dict(

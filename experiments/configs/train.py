@@ -6,6 +6,8 @@ NAME is a recipe below (``resnet_digits``, ``vit_digits``); append
 
 import ml_collections
 
+from experiments.configs.options import parse
+
 DIGITS_PREPROCESS = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5),
                          std=(0.5, 0.5, 0.5))
 
@@ -27,8 +29,7 @@ RECIPES = {
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   """The config for ``arg`` = ``model=NAME[,runlocal]``."""
-  options = dict(kv.split('=', 1) if '=' in kv else (kv, True)
-                 for kv in arg.split(',') if kv)
+  options = parse(arg)
   name = options.get('model', 'resnet_digits')
   if name not in RECIPES:
     raise ValueError(f'unknown training recipe {name!r}; known: '
