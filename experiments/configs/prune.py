@@ -8,39 +8,24 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-from experiments.configs.options import parse
-
-from pxp_jax import pruning
+from experiments.configs.options import parse, pruning_fields
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   options = parse(arg)
-  model = options.get('model', 'resnet_digits')
-  vit = 'vit' in model
   config = ml_collections.ConfigDict(dict(
-      model=model,
-      dataset='',                  # '' = the checkpoint's dataset
-      data_dir='',
-      classes=(),                  # restrict to these classes (few-class task)
-      reference_split='train',
+      **pruning_fields(options),
       eval_split='test',
-      n_per_class=10,              # reference samples per class (seeded)
-      seed=0,
-      units='neurons' if vit else 'filters',   # filters | neurons | heads
       criteria=('lrp', 'random', 'weight', 'gradient', 'taylor',
                 'integrated_gradients'),
       composite='',                # a preset name; '' = the default
       composite_json='',           # or a JSON file {"preset": ..., "args": ...}
       signed=False,                # lrp: signed relevance instead of |R|
-      absolute_tokens=vit,         # |R| per token before summing tokens
       normalize=False,             # per-layer normalisation of the baselines
       per_layer=False,             # rank per layer instead of globally
       keep_one=False,              # never empty a layer
-      rates=pruning.DEFAULT_RATES,
       random_seeds=3,
       ig_steps=16,
-      batch_size=32,
-      eval_batch_size=512,
       heatmaps=8,
       fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
       fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate

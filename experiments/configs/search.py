@@ -10,30 +10,15 @@ searches the attention rule (``space.attention``).
 
 import ml_collections
 
-from experiments.configs.options import parse
-
-from pxp_jax import pruning
+from experiments.configs.options import parse, pruning_fields
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   options = parse(arg)
-  model = options.get('model', 'resnet_digits')
-  vit = 'vit' in model
   config = ml_collections.ConfigDict(dict(
-      model=model,
-      dataset='',
-      data_dir='',
-      classes=(),
-      reference_split='train',
+      **pruning_fields(options),
       validation_split='validation',   # the objective
       test_split='test',               # the final comparison
-      n_per_class=10,
-      seed=0,
-      units='neurons' if vit else 'filters',   # filters | neurons | heads
-      absolute_tokens=vit,             # |R| per token before summing tokens
-      rates=pruning.DEFAULT_RATES,
-      batch_size=32,
-      eval_batch_size=512,
       sampler='gp',                    # gp (Gaussian process) | tpe
       storage='',                      # '' = SQLite in the workdir
       space=dict(
