@@ -12,7 +12,6 @@ softmax output). Yeom et al., Pattern Recognition 2021; Hatefi et al., 2024.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn

@@ -184,7 +184,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                         ('NHWC', 'HWIO', 'NHWC'))
   if (lhs.ndim != 4 or len(set(strides)) != 1 or strides[0] == 1
       or lhs.shape[-1] > _FEW_CHANNELS or feature_group_count != 1
-      or any(d not in (None, 1) and tuple(d) != (1, 1)
+      or any(d is not None and tuple(d) != (1, 1)
              for d in (lhs_dilation, rhs_dilation))
       or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                         dimension_numbers) != nhwc):

@@ -100,7 +100,7 @@ class PatchEmbed(nn.Module):
   def __call__(self, x):
     p = self.patch_size
     x = layers.Conv(self.width, (p, p), (p, p), padding='VALID', name='proj',
-                kernel_init=nn.initializers.lecun_normal())(x)
+                    kernel_init=nn.initializers.lecun_normal())(x)
     return x.reshape(x.shape[0], -1, self.width)
 
 
