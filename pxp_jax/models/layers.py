@@ -3,7 +3,8 @@
 Each operation that an LRP rule or a pruning mask must reach is its own small
 module, so that rules and masks can target it by its path (``layer1.0.conv1``,
 ``blocks.2.attn.softmax``) without the model knowing about LRP: the rules are
-attached from outside by intercepting module calls (``flax.linen.intercept_methods``).
+attached from outside by intercepting module calls (``pxp_jax.taps``), and
+what a module computes is read off its class (``pxp_jax.models.kinds``).
 Convolutions, dense layers and norms are flax's own modules; this file adds the
 parameter-free operations, which flax expresses as plain functions.
 """
@@ -44,14 +45,19 @@ class Softmax(nn.Module):
 
 
 class MatMul(nn.Module):
-  """Product of two activations, ``a @ b`` over the last two axes.
-
-  Attention uses two: ``Q K^T`` and ``A V``; AttnLRP gives them their own rule.
-  """
+  """Product of two activations, ``a @ b`` over the last two axes."""
 
   @nn.compact
   def __call__(self, a, b):
     return jnp.matmul(a, b)
+
+
+class QueryKey(MatMul):
+  """Attention scores ``Q K^T`` (AttnLRP and CP-LRP give them a rule)."""
+
+
+class AttentionValue(MatMul):
+  """Attention output ``A V`` of the weights ``A`` and the values ``V``."""
 
 
 class Sum(nn.Module):

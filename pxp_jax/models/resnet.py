@@ -15,7 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from pxp_jax.models import layers
+from pxp_jax.models import layers, spec
 
 class Downsample(nn.Module):
   """The projection shortcut: ``0`` a 1x1 conv, ``1`` its BatchNorm."""
@@ -120,3 +120,6 @@ class ResNet(nn.Module):
     x = layers.GlobalAvgPool(name='avgpool')(x)
     return nn.Dense(self.num_classes, name='fc')(x)
 
+
+
+SPEC = spec.register(spec.Spec('resnet', ResNet, transformer=False))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from pxp_jax.models import layers
+from pxp_jax.models import layers, spec
 
 # Feature-stack widths; 'M' is a 2x2 max-pool (torchvision's cfgs A, B, D).
 CONFIGS = {
@@ -88,3 +88,6 @@ class VGG(nn.Module):
     x = layers.AdaptiveAvgPool(tuple(self.pool_size), name='avgpool')(x)
     x = layers.Flatten(name='flatten')(x)
     return Classifier(self.hidden, self.num_classes, name='classifier')(x)
+
+
+SPEC = spec.register(spec.Spec('vgg', VGG, transformer=False))

@@ -13,10 +13,14 @@ another layout; ``pxp_jax.convert`` maps them both ways.
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
-from pxp_jax.models import layers
+from pxp_jax.models import layers, spec
+from pxp_jax.models.kinds import Kind
 
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
@@ -41,9 +45,9 @@ class Attention(nn.Module):
     # (N, T, 3, H, D) -> three (N, H, T, D)
     qkv = qkv.reshape(n, tokens, 3, self.num_heads, head_dim)
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-    scores = layers.MatMul(name='qk')(q * head_dim**-0.5, k.swapaxes(-1, -2))
+    scores = layers.QueryKey(name='qk')(q * head_dim**-0.5, k.swapaxes(-1, -2))
     attn = layers.Softmax(name='softmax')(scores)
-    out = layers.MatMul(name='av')(attn, v)
+    out = layers.AttentionValue(name='av')(attn, v)
     out = out.transpose(0, 2, 1, 3).reshape(n, tokens, width)
     return _dense(width, 'proj')(out)
 
@@ -145,3 +149,36 @@ class ViT(nn.Module):
     x = nn.LayerNorm(self.ln_eps, name='norm')(x)
     return nn.Dense(self.num_classes, name='head',
                     kernel_init=nn.initializers.zeros)(x[:, 0])
+
+
+def _layer_groups(found, boundaries) -> dict[str, list[str]]:
+  """PXP's groups for a ViT (Hatefi et al., 2024): the linear layers of the
+  blocks, split by block index (``split_by_order`` over the blocks); the
+  patch embedding joins the low group, the head is ``fc``."""
+  output = found.output_layer
+  blocks: dict[int, list[str]] = {}
+  outside = []
+  for op in found.of_kind(Kind.CONV, Kind.DENSE):
+    match = re.match(r'blocks\.(\d+)\.', op.path)
+    if match:
+      blocks.setdefault(int(match[1]), []).append(op.path)
+    elif op.path != output:
+      outside.append(op.path)
+  cut = spec.split_by_order(sorted(blocks), boundaries)
+  groups = {g: [p for i in cut[g] for p in blocks[i]] for g in cut}
+  groups['low'] = outside + groups['low']
+  groups['fc'] = [output]
+  return groups
+
+
+def _fused_qkv_heads(params, unit, found) -> np.ndarray:
+  """L1 norm of each head's query, key and value columns of ``attn.qkv``
+  (``(width, 3 * width)``, laid out as (3, heads, head_dim))."""
+  del found
+  kernel = np.abs(np.asarray(params[f'{unit.key}.qkv.kernel']))
+  return kernel.reshape(kernel.shape[0], 3, unit.size, -1).sum(axis=(0, 1, 3))
+
+
+SPEC = spec.register(spec.Spec('vit', ViT, transformer=True,
+                               layer_groups=_layer_groups,
+                               head_weights=_fused_qkv_heads))

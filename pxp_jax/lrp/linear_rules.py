@@ -1,30 +1,69 @@
-"""LRP rules as custom VJPs, in the gradient x input convention.
+"""LRP rules of Dense / Conv layers, each registered once.
 
-The cotangent ``g`` at a tensor ``a`` carries relevance ``R_a = a * g``
-(the convention of LXT's efficient AttnLRP, Achtibat et al., ICML 2024), so the
-plain gradient already is the right rule for ReLU, max-pooling, reshapes and
-fan-out, and a rule only has to say what cotangent to send to its inputs.
-Each rule below is a pure function of arrays; its hyperparameters are array
-leaves of a rule pytree, so changing them (or switching the rule of a linear
-layer between Epsilon, ZPlus, AlphaBeta, Gamma, ...) never recompiles.
-
-Dense and conv rules follow zennit's definitions (Anders et al., 2021) with
+Gradient x input convention: the cotangent ``g`` at a tensor ``a`` carries
+relevance ``R_a = a * g`` (LXT's efficient AttnLRP, Achtibat et al., ICML
+2024), so a rule only says what cotangent to send to the layer input.
+Every rule is one registered backward function (``_register``: its name,
+the hyperparameters it reads, whether the search may choose it); a
+``LinearRule`` pytree holds the rule id and every hyperparameter as array
+leaves, so changing them, or switching the rule with ``dynamic_rules``,
+never recompiles. Definitions are zennit's (Anders et al., 2021) with
 ``stab(z) = z + eps * sign(z)``, ``sign(0) = +1``; see ``LinearRule``.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import math
 from collections.abc import Callable
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-# Rule ids of LinearRule.rule (an array, so a search can switch them).
-LINEAR_RULES = ('epsilon', 'zplus', 'alpha_beta', 'gamma', 'zbox', 'flat',
-                'wsquare')
-EPSILON, ZPLUS, ALPHA_BETA, GAMMA, ZBOX, FLAT, WSQUARE = range(7)
+
+@dataclasses.dataclass(frozen=True)
+class Definition:
+  """A registered linear rule: ``backward(layer, kernel, bias, rule, R)``
+  returns ``(R_x, cotangent of x)``; ``hyperparameters`` are the fields of
+  ``LinearRule`` it reads (its JSON form); ``searchable`` puts it among the
+  rules a search over composites chooses from."""
+
+  name: str
+  backward: Callable
+  hyperparameters: tuple[str, ...]
+  searchable: bool
+
+
+_REGISTRY: dict[str, Definition] = {}
+
+
+def _register(name: str, hyperparameters: tuple[str, ...],
+              searchable: bool = False):
+  def register(backward):
+    _REGISTRY[name] = Definition(name, backward, hyperparameters, searchable)
+    return backward
+  return register
+
+
+def names() -> tuple[str, ...]:
+  """Registered rule names; a rule's id is its index here."""
+  return tuple(_REGISTRY)
+
+
+def searchable() -> tuple[str, ...]:
+  """The rules a search over composites chooses among."""
+  return tuple(n for n, d in _REGISTRY.items() if d.searchable)
+
+
+def definition(rule: str | int) -> Definition:
+  if isinstance(rule, str):
+    if rule not in _REGISTRY:
+      raise ValueError(f'unknown linear-layer rule {rule!r}; known: '
+                       f'{", ".join(_REGISTRY)}')
+    return _REGISTRY[rule]
+  return list(_REGISTRY.values())[int(rule)]
 
 
 def stabilize(z, eps):
@@ -69,17 +108,31 @@ class LinearRule:
 
   @property
   def name(self) -> str:
-    return LINEAR_RULES[int(self.rule)]
+    return definition(self.rule).name
+
+  def to_json(self) -> dict:
+    """``{"rule": name, hyperparameter: value, ...}``."""
+    out = {'rule': self.name}
+    for field in definition(self.rule).hyperparameters:
+      value = jax.device_get(getattr(self, field))
+      out[field] = value.tolist()
+    return out
+
+  def apply(self, call, proceed, context):
+    """The layer's output, with this rule as its backward pass."""
+    del proceed
+    return _apply_to_module(call, self, context)
+
+  def as_arrays(self) -> 'LinearRule':
+    return self
 
 
 def linear_rule(rule: str | int, *, eps=1e-6, gamma=0.25, alpha=2.0, beta=1.0,
                 low=0.0, high=0.0, zero_bias=False) -> LinearRule:
-  """A ``LinearRule`` by name (``LINEAR_RULES``) with its hyperparameters."""
+  """A ``LinearRule`` by name (``names()``) with its hyperparameters."""
   if isinstance(rule, str):
-    if rule not in LINEAR_RULES:
-      raise ValueError(f'unknown linear-layer rule {rule!r}; known: '
-                       f'{", ".join(LINEAR_RULES)}')
-    rule = LINEAR_RULES.index(rule)
+    definition(rule)  # a clear error for an unknown name
+    rule = names().index(rule)
   return LinearRule(
       rule=jnp.asarray(rule, jnp.int32), eps=_float(eps), gamma=_float(gamma),
       alpha=_float(alpha), beta=_float(beta), low=_float(low), high=_float(high),
@@ -189,8 +242,9 @@ def _linear_backward(apply, x, kernel, bias, rule, y, relevance, static_rule,
         _Layer(apply, x, y, signed), kernel, bias, rule, relevance)
 
   if static_rule is not None:
-    return branch(_BRANCHES[static_rule])(x, kernel, bias, rule, y, relevance)
-  branches = [branch(fn) for fn in _BRANCHES]
+    return branch(definition(static_rule).backward)(x, kernel, bias, rule, y,
+                                                   relevance)
+  branches = [branch(d.backward) for d in _REGISTRY.values()]
   # Every operand is passed explicitly and every derived array is made inside
   # its branch, so only the chosen rule's work is done.
   return jax.lax.switch(rule.rule, branches, x, kernel, bias, rule, y,
@@ -256,6 +310,7 @@ def _keep(rule, dtype):
   return jnp.where(rule.zero_bias, 0, 1).astype(dtype)
 
 
+@_register('epsilon', ('eps', 'zero_bias'), searchable=True)
 def _epsilon(layer, kernel, bias, rule, relevance):
   x, y = layer.x, layer.y
   z = y - bias + _keep(rule, x.dtype) * bias
@@ -263,6 +318,7 @@ def _epsilon(layer, kernel, bias, rule, relevance):
   return layer.as_relevance(layer.back([kernel], [s]))
 
 
+@_register('zplus', ('eps', 'zero_bias'), searchable=True)
 def _zplus(layer, kernel, bias, rule, relevance):
   x = layer.x
   pair = (_pos(kernel), _neg(kernel))
@@ -271,6 +327,7 @@ def _zplus(layer, kernel, bias, rule, relevance):
   return layer.as_relevance(layer.back_signed([pair], [s]))
 
 
+@_register('alpha_beta', ('alpha', 'beta', 'eps', 'zero_bias'), searchable=True)
 def _alpha_beta(layer, kernel, bias, rule, relevance):
   x = layer.x
   wp, wn = _pos(kernel), _neg(kernel)
@@ -281,6 +338,7 @@ def _alpha_beta(layer, kernel, bias, rule, relevance):
   return layer.as_relevance(layer.back_signed([(wp, wn), (wn, wp)], [sp, sn]))
 
 
+@_register('gamma', ('gamma', 'eps', 'zero_bias'), searchable=True)
 def _gamma(layer, kernel, bias, rule, relevance):
   x, y = layer.x, layer.y
   g, keep = rule.gamma, _keep(rule, x.dtype)
@@ -294,6 +352,7 @@ def _gamma(layer, kernel, bias, rule, relevance):
       layer.back_signed([(wgp, wgn), (wgn, wgp)], [sp, sn]))
 
 
+@_register('zbox', ('low', 'high', 'eps'))
 def _zbox(layer, kernel, bias, rule, relevance):
   del bias  # it cancels: (b) - (b+) - (b-) = 0, as in zennit
   x = layer.x
@@ -316,115 +375,51 @@ def _square(layer, w, b, relevance, eps):
   return layer.from_relevance(layer.back([w], [s]))
 
 
+@_register('flat', ('eps',))
 def _flat(layer, kernel, bias, rule, relevance):
   del bias
   return _square(layer, jnp.ones_like(kernel), 0, relevance, rule.eps)
 
 
+@_register('wsquare', ('eps', 'zero_bias'))
 def _wsquare(layer, kernel, bias, rule, relevance):
   return _square(layer, kernel**2, _keep(rule, layer.x.dtype) * bias**2,
                  relevance, rule.eps)
 
 
-# In the order of LINEAR_RULES.
-_BRANCHES = (_epsilon, _zplus, _alpha_beta, _gamma, _zbox, _flat, _wsquare)
+def _apply_to_module(call, rule: LinearRule, context):
+  """Runs a flax ``Conv``, ``Dense`` or ``DenseGeneral`` call under ``rule``.
 
+  A ``DenseGeneral`` is the dense product of its flattened input axes and
+  output features, which is how the rule sees it."""
+  module, x = call.module, call.args[0]
+  kernel = call.params['kernel']
+  bias = call.params.get('bias')
+  probe = context.input_probe if call.args[0] is context.inputs else None
+  if isinstance(module, nn.DenseGeneral):
+    axes = sorted(a % x.ndim for a in
+                  (module.axis if isinstance(module.axis, tuple)
+                   else (module.axis,)))
+    if module.batch_dims or axes != list(range(x.ndim - len(axes), x.ndim)):
+      raise NotImplementedError(
+          f'{call.path}: DenseGeneral over non-trailing axes {module.axis} or '
+          f'with batch_dims {module.batch_dims} has no LRP rule here')
+    lead, inner = x.shape[:x.ndim - len(axes)], math.prod(x.shape[len(
+        x.shape) - len(axes):])
+    features = kernel.shape[len(axes):]
+    flat_bias = (jnp.zeros(math.prod(features), x.dtype) if bias is None
+                 else bias.reshape(-1))
+    y = linear(lambda a, k: jnp.dot(a, k, precision=module.precision),
+               x.reshape(*lead, inner), kernel.reshape(inner, -1), flat_bias,
+               rule, None if probe is None else probe.reshape(*lead, inner),
+               context.fixed_rule, signed=context.signed)
+    return y.reshape(*lead, *features)
+  bare = module.clone(parent=None, use_bias=False, name=None)
 
-# Rules for parameter-free operations -------------------------------------
-
-
-def norm(op: Callable, xs: tuple, eps):
-  """``op(*xs)`` for a linear ``op`` (residual sum, average pooling) with the
-  Norm rule: ``R_i = x_i * J_i^T [R / stab(op(x))]`` (zennit's Norm: Epsilon
-  without parameters)."""
-
-  @jax.custom_vjp
-  def f(xs, eps):
-    return op(*xs)
-
-  def fwd(xs, eps):
-    y = op(*xs)
-    return y, (xs, eps, y)
-
-  def bwd(res, g):
-    xs, eps, y = res
-    s = y * g / stabilize(y, eps.astype(y.dtype))
-    _, vjp = jax.vjp(op, *xs)
-    return vjp(s), jnp.zeros_like(eps)
-
-  f.defvjp(fwd, bwd)
-  return f(tuple(xs), jnp.asarray(eps))
-
-
-def identity(fn: Callable, x, eps):
-  """``fn(x)`` for an elementwise ``fn`` (GELU, SiLU) with the identity rule
-  ``R_x = R_y`` (AttnLRP, Prop. 3.2): the cotangent is ``g * fn(x) / stab(x)``."""
-
-  @jax.custom_vjp
-  def f(x, eps):
-    return fn(x)
-
-  def fwd(x, eps):
-    y = fn(x)
-    return y, (x, eps, y)
-
-  def bwd(res, g):
-    x, eps, y = res
-    return g * y / stabilize(x, eps.astype(x.dtype)), jnp.zeros_like(eps)
-
-  f.defvjp(fwd, bwd)
-  return f(x, jnp.asarray(eps))
-
-
-def layer_norm(x, scale, bias, *, epsilon: float, eps):
-  """LayerNorm over the last axis with AttnLRP's rule: the identity rule on
-  the division by the standard deviation (Prop. 3.4) and Epsilon on the rest,
-  i.e. Epsilon on the layer with ``1/std`` held constant (as LXT does)."""
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  inv = jax.lax.stop_gradient(jax.lax.rsqrt(
-      jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + epsilon))
-
-  def affine(a):
-    out = (a - jnp.mean(a, axis=-1, keepdims=True)) * inv
-    if scale is not None:
-      out = out * scale
-    return out + (0 if bias is None else bias)
-
-  @jax.custom_vjp
-  def f(x, eps):
-    return affine(x)
-
-  def fwd(x, eps):
-    y = affine(x)
-    return y, (x, eps, y)
-
-  def bwd(res, g):
-    x, eps, y = res
-    _, vjp = jax.vjp(affine, x)
-    return vjp(y * g / stabilize(y, eps.astype(y.dtype)))[0], jnp.zeros_like(eps)
-
-  f.defvjp(fwd, bwd)
-  return f(x, jnp.asarray(eps))
-
-
-def matmul_half(a, b, eps):
-  """``a @ b`` of two activations with AttnLRP's uniform rule (Prop. 3.3):
-  ``R_a = a * ([R / stab(2 y)] b^T)``, ``R_b = b * (a^T [R / stab(2 y)])``,
-  half of the relevance to each factor."""
-
-  @jax.custom_vjp
-  def f(a, b, eps):
-    return jnp.matmul(a, b)
-
-  def fwd(a, b, eps):
-    y = jnp.matmul(a, b)
-    return y, (a, b, eps, y)
-
-  def bwd(res, g):
-    a, b, eps, y = res
-    s = y * g / stabilize(2 * y, eps.astype(y.dtype))
-    return (jnp.matmul(s, jnp.swapaxes(b, -1, -2)),
-            jnp.matmul(jnp.swapaxes(a, -1, -2), s), jnp.zeros_like(eps))
-
-  f.defvjp(fwd, bwd)
-  return f(a, b, jnp.asarray(eps))
+  def apply(a, k):  # the layer's map for any in/out width of the kernel
+    return bare.clone(features=k.shape[-1]).apply({'params': {'kernel': k}},
+                                                  a)
+  if bias is None:
+    bias = jnp.zeros((kernel.shape[-1],), x.dtype)
+  return linear(apply, x, kernel, bias, rule, probe, context.fixed_rule,
+                signed=context.signed)

@@ -12,12 +12,28 @@ function with them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import flax
 import jax.numpy as jnp
 
 from pxp_jax import structure
+from pxp_jax.models.kinds import Kind
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeBatchNorm:
+  """The canoniser a composite carries to fold every BatchNorm that follows
+  a conv or dense layer (zennit's ``MergeBatchNorm``); such BatchNorms then
+  take the ``Fold`` rule (the identity)."""
+
+  def __call__(self, variables, found: structure.Structure):
+    return fold_traced(variables, found)
+
+  def folds(self, found: structure.Structure) -> Mapping[str, str]:
+    """BatchNorm path -> the layer it is folded into."""
+    return found.folds
 
 
 def fold_batch_norms(variables, folds: Mapping[str, str],
@@ -63,7 +79,7 @@ def canonize(model, variables, input_shape):
   """Folds every BatchNorm of ``model`` that follows a conv or dense layer.
 
   Args:
-    model: a flax model built from ``pxp_jax.models`` operations.
+    model: a flax model.
     variables: its variables.
     input_shape: the shape of its inputs, e.g. ``(1, 224, 224, 3)``.
 
@@ -77,5 +93,5 @@ def canonize(model, variables, input_shape):
 
 def fold_traced(variables, found: structure.Structure):
   """Folds the BatchNorms of a traced model (``structure.trace``)."""
-  epsilons = {op.path: op.epsilon for op in found.of_kind('BatchNorm')}
+  epsilons = {op.path: op.epsilon for op in found.of_kind(Kind.BATCH_NORM)}
   return fold_batch_norms(variables, found.folds, epsilons)

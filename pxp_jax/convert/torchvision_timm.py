@@ -1,0 +1,213 @@
+"""torchvision and timm checkpoints: torch layout, module names as ours.
+
+Our flax paths equal timm's module names (``layer1.0.conv1``,
+``blocks.3.attn.qkv``), so a timm or torchvision ResNet/VGG checkpoint maps
+one to one after the layout change; torchvision's ViT names are mapped to
+timm's first. ViT sizes come from the constructor name's table, then the
+checkpoint's own shapes, then the caller's overrides.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from pxp_jax import models
+from pxp_jax.convert.assemble import Plan, assemble
+from pxp_jax.convert.reading import read_checkpoint
+from pxp_jax.models import vit
+
+# flax (collection, leaf) -> torch parameter or buffer name
+_TORCH_LEAF = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
+               ('params', 'bias'): 'bias',
+               ('batch_stats', 'mean'): 'running_mean',
+               ('batch_stats', 'var'): 'running_var'}
+
+
+def _torch_plan(rename: Callable[[str], str] = lambda name: name) -> Plan:
+  """Our paths equal torch module names (``layer1.0.conv1``, ``blocks.3.attn.
+  qkv``); ``rename`` maps such a timm-style name to another family's."""
+
+  def plan(path):
+    collection, *modules, leaf = path
+    name = ('.'.join([*modules, _TORCH_LEAF[collection, leaf]]) if modules
+            else leaf)  # cls_token, pos_embed
+    return (rename(name),), _torch_layout if leaf == 'kernel' else np.asarray
+  return plan
+
+
+def _torch_layout(w):
+  """A torch conv ``(O, I, kh, kw)`` or linear ``(O, I)`` weight in flax's
+  ``(kh, kw, I, O)`` or ``(I, O)`` layout."""
+  return w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+
+
+def _ignore_torch(name: str) -> bool:
+  """Whether a checkpoint name may be left unused (BatchNorm's counter)."""
+  return name.endswith('num_batches_tracked')  # a counter, not a weight
+
+
+# timm's ViT names -> torchvision's VisionTransformer names
+_LAYER = r'encoder.layers.encoder_layer_\1.'
+_TORCHVISION_VIT_NAMES = [
+    (r'^patch_embed\.proj\.', 'conv_proj.'),
+    (r'^cls_token$', 'class_token'),
+    (r'^pos_embed$', 'encoder.pos_embedding'),
+    (r'^blocks\.(\d+)\.norm1\.', _LAYER + 'ln_1.'),
+    (r'^blocks\.(\d+)\.attn\.qkv\.', _LAYER + 'self_attention.in_proj_'),
+    (r'^blocks\.(\d+)\.attn\.proj\.', _LAYER + 'self_attention.out_proj.'),
+    (r'^blocks\.(\d+)\.norm2\.', _LAYER + 'ln_2.'),
+    (r'^blocks\.(\d+)\.mlp\.fc1\.', _LAYER + 'mlp.0.'),
+    (r'^blocks\.(\d+)\.mlp\.fc2\.', _LAYER + 'mlp.3.'),
+    (r'^norm\.', 'encoder.ln.'),
+    (r'^head\.', 'heads.head.'),
+]
+
+
+def _torchvision_vit_name(name: str) -> str:
+  """torchvision's ViT name for timm's ``name`` (others unchanged)."""
+  for pattern, repl in _TORCHVISION_VIT_NAMES:
+    name, n = re.subn(pattern, repl, name)
+    if n:
+      return name
+  return name
+
+
+# torchvision's constructors: (patch_size, depth, num_heads, width, mlp_dim)
+_TORCHVISION_VITS = {
+    'vit_b_16': (16, 12, 12, 768, 3072), 'vit_b_32': (32, 12, 12, 768, 3072),
+    'vit_l_16': (16, 24, 16, 1024, 4096), 'vit_l_32': (32, 24, 16, 1024, 4096),
+    'vit_h_14': (14, 32, 16, 1280, 5120),
+}
+# timm's vit_{size}_patch{P}_{S}: (width, depth, num_heads); mlp_dim = 4 width
+_TIMM_SIZES = {'tiny': (192, 12, 3), 'small': (384, 12, 6),
+               'base': (768, 12, 12), 'large': (1024, 24, 16),
+               'huge': (1280, 32, 16)}
+_TIMM_NAME = re.compile(r'^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)'
+                        r'(\.\w+)?$')
+_VIT_ALIASES = {'num_layers': 'depth', 'hidden_dim': 'width'}  # torchvision's
+
+
+def _vit_from_torch(arrays, sizes, overrides, name_of) -> vit.ViT:
+  """A ViT from table ``sizes`` (may be empty), the checkpoint's own shapes
+  for whatever the table leaves open, and ``overrides`` over both."""
+  overrides = {_VIT_ALIASES.get(k, k): v for k, v in overrides.items()}
+  fields = set(vit.ViT.__dataclass_fields__) - {'parent', 'name'}
+  unknown = set(overrides) - fields
+  if unknown:
+    raise TypeError(f'ViT has no attribute(s) {sorted(unknown)}; it takes '
+                    f'{sorted(fields)}')
+  found = {}
+  for key, name, axis in (('width', 'patch_embed.proj.weight', 0),
+                          ('patch_size', 'patch_embed.proj.weight', -1),
+                          ('mlp_dim', 'blocks.0.mlp.fc1.weight', 0),
+                          ('num_classes', 'head.weight', 0),
+                          ('image_size', 'pos_embed', -2)):
+    if name_of(name) in arrays:
+      found[key] = arrays[name_of(name)].shape[axis]
+  if 'image_size' in found and 'patch_size' in found:  # from the positions
+    found['image_size'] = math.isqrt(found['image_size'] - 1) * \
+        found['patch_size']
+  else:
+    found.pop('image_size', None)
+  depth = 0
+  while name_of(f'blocks.{depth}.norm1.weight') in arrays:
+    depth += 1
+  if depth:
+    found['depth'] = depth
+  config = {**found, **sizes, **overrides}
+  if 'num_heads' not in config:
+    raise ValueError('num_heads cannot be read from a fused qkv weight; pass '
+                     'it, e.g. num_heads=12')
+  return vit.ViT(**config)
+
+
+def from_torchvision(name: str, state_dict, **overrides):
+  """Converts a torchvision ResNet, VGG or ViT checkpoint.
+
+  Args:
+    name: a torchvision constructor name: ``resnet18``, ``resnet34``,
+      ``resnet50``, ``vgg11``, ``vgg13``, ``vgg16`` (and ``_bn``),
+      ``vit_b_16``, ``vit_b_32``, ``vit_l_16``, ``vit_l_32``, ``vit_h_14``;
+      ``'vit'`` for any ``VisionTransformer`` (sizes read from the weights,
+      ``num_heads`` given); or another ResNet/VGG of ``models.names()``.
+    state_dict: the model's ``state_dict()`` or a checkpoint file (see
+      ``read_checkpoint``).
+    **overrides: model attributes. For ViTs: ``image_size, patch_size, depth,
+      num_heads, width, mlp_dim, num_classes`` (torchvision's ``num_layers``
+      and ``hidden_dim`` are accepted for ``depth`` and ``width``). Unset
+      ``num_classes`` and a ViT's ``image_size`` are read from the weights.
+
+  Returns:
+    ``(model, variables)``; ``model.apply(variables, x)`` on NHWC images
+    gives the torch model's logits.
+
+  Raises:
+    CheckpointMismatchError: names missing, unexpected and misshapen arrays.
+
+  Example::
+
+    tv = torchvision.models.resnet50(weights='IMAGENET1K_V2').eval()
+    model, variables = convert.from_torchvision('resnet50', tv.state_dict())
+    logits = model.apply(variables, images_nhwc)
+  """
+  arrays = read_checkpoint(state_dict)
+  if name == 'vit' or name in _TORCHVISION_VITS:
+    sizes = {}
+    if name != 'vit':
+      sizes = dict(zip(('patch_size', 'depth', 'num_heads', 'width', 'mlp_dim'),
+                       _TORCHVISION_VITS[name]))
+    # older torchvision named the MLP layers linear_1 and linear_2
+    arrays = {re.sub(r'\.mlp\.linear_(\d)\.',
+                     lambda m: f'.mlp.{3 * (int(m[1]) - 1)}.', k): v
+              for k, v in arrays.items()}
+    model = _vit_from_torch(arrays, sizes, overrides, _torchvision_vit_name)
+    plan = _torch_plan(_torchvision_vit_name)
+  elif name.startswith(('resnet', 'vgg')) and name in models.names():
+    head = 'fc.weight' if name.startswith('resnet') else 'classifier.6.weight'
+    if 'num_classes' not in overrides and head in arrays:
+      overrides = {**overrides, 'num_classes': arrays[head].shape[0]}
+    model, plan = models.create(name, **overrides), _torch_plan()
+  else:
+    known = sorted({*_TORCHVISION_VITS, 'vit', *(
+        n for n in models.names() if n.startswith(('resnet', 'vgg')))})
+    raise ValueError(f'unknown torchvision model {name!r}; known: '
+                     f'{", ".join(known)}')
+  return model, assemble(model, arrays, plan, _ignore_torch)
+
+
+def from_timm(name: str, state_dict, **overrides):
+  """Converts a timm Vision Transformer checkpoint (timm's names are ours).
+
+  Args:
+    name: ``vit_{tiny,small,base,large,huge}_patch{P}_{S}``, optionally with
+      a pretrained tag (``vit_base_patch16_224.augreg_in21k``), or ``'vit'``
+      for any plain timm ViT (sizes read from the weights, ``num_heads``
+      given).
+    state_dict: ``model.state_dict()`` or a checkpoint file.
+    **overrides: ``image_size, patch_size, depth, num_heads, width, mlp_dim,
+      num_classes`` (the last read from ``head`` when unset).
+
+  Returns:
+    ``(model, variables)`` with timm's logits.
+
+  Raises:
+    CheckpointMismatchError: names missing, unexpected and misshapen arrays
+      (e.g. a ``fc_norm`` of a global-pool ViT, which ours does not have).
+  """
+  if name == 'vit':
+    sizes = {}
+  elif m := _TIMM_NAME.match(name):
+    width, depth, heads = _TIMM_SIZES[m[1]]
+    sizes = dict(width=width, depth=depth, num_heads=heads, mlp_dim=4 * width,
+                 patch_size=int(m[2]), image_size=int(m[3]))
+  else:
+    raise ValueError(f'unknown timm model {name!r}; expected "vit" or '
+                     'vit_{tiny,small,base,large,huge}_patch{P}_{S}, e.g. '
+                     'vit_base_patch16_224')
+  arrays = read_checkpoint(state_dict)
+  model = _vit_from_torch(arrays, sizes, overrides, lambda n: n)
+  return model, assemble(model, arrays, _torch_plan(), _ignore_torch)

@@ -1,0 +1,13 @@
+"""Layer-wise Relevance Propagation: rules, composites, canonisers and
+``attribute``.
+
+  rules.py, linear_rules.py, op_rules.py   every rule, registered once
+  composites.py                            Select, Composite (rules by operation)
+  presets.py                               zennit's, AttnLRP, CP-LRP, PXP groups
+  canonize.py                              BatchNorm folding
+  attribute.py                             attribute(): heatmaps, unit relevance
+"""
+
+from pxp_jax.lrp.attribute import Attribution, attribute
+
+__all__ = ['Attribution', 'attribute']

@@ -1,0 +1,227 @@
+"""LRP rules of the parameter-free operations, each registered once.
+
+Every rule is a small pytree whose hyperparameters are array leaves, with
+``apply(call, proceed, context)`` computing the operation's output with the
+rule as its backward pass (gradient x input convention, see
+``pxp_jax.lrp.linear_rules``). ``REGISTRY`` names them for JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from pxp_jax.lrp.linear_rules import stabilize
+
+REGISTRY: dict[str, type] = {}
+
+
+def _register(name: str):
+  def register(cls):
+    cls.rule_name = name
+    REGISTRY[name] = cls
+    return cls
+  return register
+
+
+class _OpRule:
+  """What every parameter-free rule shares: JSON form and array leaves."""
+
+  rule_name = ''
+
+  def to_json(self) -> dict:
+    return {'rule': self.rule_name, **{
+        f.name: jax.device_get(getattr(self, f.name)).tolist()
+        for f in dataclasses.fields(self)}}
+
+  def as_arrays(self):
+    """Hyperparameters as float arrays, so they are traced, not static."""
+    fields = {f.name: jnp.asarray(getattr(self, f.name),
+                                  jnp.result_type(float))
+              for f in dataclasses.fields(self)}
+    return self.replace(**fields) if fields else self
+
+
+@_register('gradient')
+@flax.struct.dataclass
+class Gradient(_OpRule):
+  """The plain gradient: right as it is for ReLU and max-pooling (winner
+  takes all), reshapes and softmax (AttnLRP Prop. 3.1) in gradient x input
+  form."""
+
+  def apply(self, call, proceed, context):
+    del call, context
+    return proceed()
+
+
+@_register('fold')
+@flax.struct.dataclass
+class Fold(_OpRule):
+  """A BatchNorm folded into the preceding conv or dense layer by the
+  composite's ``MergeBatchNorm`` canoniser: the identity, so the layer before
+  passes relevance through it unchanged."""
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return call.args[0]
+
+
+@_register('norm')
+@flax.struct.dataclass
+class Norm(_OpRule):
+  """Epsilon without parameters, for sums and average pooling (zennit's
+  Norm): ``R_i = x_i * J_i^T [R / stab(op(x))]``."""
+  eps: Any = 1e-6
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return norm(call.pure(), tuple(call.args), self.eps)
+
+
+@_register('identity')
+@flax.struct.dataclass
+class Identity(_OpRule):
+  """``R_x = R_y`` for elementwise activations (GELU; AttnLRP Prop. 3.2)."""
+  eps: Any = 1e-6
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return identity(call.pure(), call.args[0], self.eps)
+
+
+@_register('layer_norm_identity')
+@flax.struct.dataclass
+class LayerNormIdentity(_OpRule):
+  """LayerNorm with ``1/std`` held constant and Epsilon on the rest
+  (AttnLRP Prop. 3.4)."""
+  eps: Any = 1e-6
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    module = call.module
+    return layer_norm(call.args[0], call.params.get('scale'),
+                      call.params.get('bias'), epsilon=module.epsilon,
+                      eps=self.eps)
+
+
+@_register('half_matmul')
+@flax.struct.dataclass
+class HalfMatMul(_OpRule):
+  """AttnLRP's uniform rule for a product of two activations (Prop. 3.3)."""
+  eps: Any = 1e-6
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return matmul_half(call.args[0], call.args[1], self.eps)
+
+
+@_register('stop_relevance')
+@flax.struct.dataclass
+class StopRelevance(_OpRule):
+  """No relevance to the inputs (CP-LRP: nothing flows through Q K^T)."""
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return call.pure()(*[jax.lax.stop_gradient(a) for a in call.args])
+
+
+def norm(op: Callable, xs: tuple, eps):
+  """``op(*xs)`` for a linear ``op`` (residual sum, average pooling) with the
+  Norm rule: ``R_i = x_i * J_i^T [R / stab(op(x))]`` (zennit's Norm: Epsilon
+  without parameters)."""
+
+  @jax.custom_vjp
+  def f(xs, eps):
+    return op(*xs)
+
+  def fwd(xs, eps):
+    y = op(*xs)
+    return y, (xs, eps, y)
+
+  def bwd(res, g):
+    xs, eps, y = res
+    s = y * g / stabilize(y, eps.astype(y.dtype))
+    _, vjp = jax.vjp(op, *xs)
+    return vjp(s), jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(tuple(xs), jnp.asarray(eps))
+
+
+def identity(fn: Callable, x, eps):
+  """``fn(x)`` for an elementwise ``fn`` (GELU, SiLU) with the identity rule
+  ``R_x = R_y`` (AttnLRP, Prop. 3.2): the cotangent is ``g * fn(x) / stab(x)``."""
+
+  @jax.custom_vjp
+  def f(x, eps):
+    return fn(x)
+
+  def fwd(x, eps):
+    y = fn(x)
+    return y, (x, eps, y)
+
+  def bwd(res, g):
+    x, eps, y = res
+    return g * y / stabilize(x, eps.astype(x.dtype)), jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(x, jnp.asarray(eps))
+
+
+def layer_norm(x, scale, bias, *, epsilon: float, eps):
+  """LayerNorm over the last axis with AttnLRP's rule: the identity rule on
+  the division by the standard deviation (Prop. 3.4) and Epsilon on the rest,
+  i.e. Epsilon on the layer with ``1/std`` held constant (as LXT does)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  inv = jax.lax.stop_gradient(jax.lax.rsqrt(
+      jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + epsilon))
+
+  def affine(a):
+    out = (a - jnp.mean(a, axis=-1, keepdims=True)) * inv
+    if scale is not None:
+      out = out * scale
+    return out + (0 if bias is None else bias)
+
+  @jax.custom_vjp
+  def f(x, eps):
+    return affine(x)
+
+  def fwd(x, eps):
+    y = affine(x)
+    return y, (x, eps, y)
+
+  def bwd(res, g):
+    x, eps, y = res
+    _, vjp = jax.vjp(affine, x)
+    return vjp(y * g / stabilize(y, eps.astype(y.dtype)))[0], jnp.zeros_like(eps)
+
+  f.defvjp(fwd, bwd)
+  return f(x, jnp.asarray(eps))
+
+
+def matmul_half(a, b, eps):
+  """``a @ b`` of two activations with AttnLRP's uniform rule (Prop. 3.3):
+  ``R_a = a * ([R / stab(2 y)] b^T)``, ``R_b = b * (a^T [R / stab(2 y)])``,
+  half of the relevance to each factor."""
+
+  @jax.custom_vjp
+  def f(a, b, eps):
+    return jnp.matmul(a, b)
+
+  def fwd(a, b, eps):
+    y = jnp.matmul(a, b)
+    return y, (a, b, eps, y)
+
+  def bwd(res, g):
+    a, b, eps, y = res
+    s = y * g / stabilize(2 * y, eps.astype(y.dtype))
+    return (jnp.matmul(s, jnp.swapaxes(b, -1, -2)),
+            jnp.matmul(jnp.swapaxes(a, -1, -2), s), jnp.zeros_like(eps))
+
+  f.defvjp(fwd, bwd)
+  return f(a, b, jnp.asarray(eps))

@@ -1,0 +1,294 @@
+"""Composites by name: zennit's presets, AttnLRP and CP-LRP, PXP's groups.
+
+This module is ``pxp_jax.composites``; it also names the building blocks
+(``Composite``, ``Select``, ``Kind``, the rules of parameter-free
+operations) so that a custom composite needs one import.
+"""
+
+from __future__ import annotations
+
+from pxp_jax.lrp import rules
+from pxp_jax.lrp.canonize import MergeBatchNorm
+from pxp_jax.lrp.composites import GROUPS, Composite, Select
+from pxp_jax.lrp.rules import (Fold, Gradient, HalfMatMul, Identity,
+                               LayerNormIdentity, Norm, StopRelevance)
+from pxp_jax.models import spec as spec_lib
+from pxp_jax.models.kinds import Kind
+
+LINEAR = (Kind.CONV, Kind.DENSE)
+
+
+def _cnn_base(stabilizer):
+  """zennit's shared base: BatchNorm folded, activations, max-pooling and
+  reshapes pass (gradient), sums and average pooling Norm."""
+  return [
+      ('batch_norm', Select((Kind.BATCH_NORM,)), Fold()),
+      ('activation', Select((Kind.RELU,)), Gradient()),
+      ('max_pool', Select((Kind.MAX_POOL,)), Gradient()),
+      ('flatten', Select((Kind.RESHAPE,)), Gradient()),
+      ('sum', Select((Kind.SUM,)), Norm(stabilizer)),
+      ('avg_pool', Select((Kind.AVG_POOL,)), Norm(stabilizer)),
+  ]
+
+
+def _cnn(entries) -> Composite:
+  return Composite.of(entries, canonizers=(MergeBatchNorm(),))
+
+
+def _conv_dense(conv_rule, eps, stabilizer, first=None, zero_bias=False):
+  entries = _cnn_base(stabilizer)
+  if first is not None:
+    entries.append(('first', Select((Kind.CONV,), first=True), first))
+  entries += [('conv', Select((Kind.CONV,)), conv_rule),
+              ('dense', Select((Kind.DENSE,)), rules.epsilon(eps, zero_bias))]
+  return _cnn(entries)
+
+
+def epsilon_plus(eps=1e-6, stabilizer=1e-6, zero_bias=False) -> Composite:
+  """zennit's EpsilonPlus: ZPlus on convs, Epsilon on dense layers."""
+  return _conv_dense(rules.zplus(stabilizer, zero_bias), eps, stabilizer,
+                     zero_bias=zero_bias)
+
+
+def epsilon_plus_flat(eps=1e-6, stabilizer=1e-6, zero_bias=False) -> Composite:
+  """zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first conv."""
+  return _conv_dense(rules.zplus(stabilizer, zero_bias), eps, stabilizer,
+                     first=rules.flat(stabilizer), zero_bias=zero_bias)
+
+
+def epsilon_alpha2_beta1(eps=1e-6, stabilizer=1e-6,
+                         zero_bias=False) -> Composite:
+  """zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on convs, Epsilon on dense."""
+  return _conv_dense(rules.alpha_beta(2.0, 1.0, stabilizer, zero_bias), eps,
+                     stabilizer, zero_bias=zero_bias)
+
+
+def epsilon_alpha2_beta1_flat(eps=1e-6, stabilizer=1e-6,
+                              zero_bias=False) -> Composite:
+  """zennit's EpsilonAlpha2Beta1Flat: the above with Flat on the first conv."""
+  return _conv_dense(rules.alpha_beta(2.0, 1.0, stabilizer, zero_bias), eps,
+                     stabilizer, first=rules.flat(stabilizer),
+                     zero_bias=zero_bias)
+
+
+def epsilon_gamma_box(low, high, gamma=0.25, eps=1e-6, stabilizer=1e-6,
+                      zero_bias=False) -> Composite:
+  """zennit's EpsilonGammaBox: ZBox(low, high) on the first conv, Gamma on
+  the other convs, Epsilon on dense layers. ``low``/``high`` are the bounds
+  of the (normalised) input, scalars or per channel."""
+  return _conv_dense(rules.gamma(gamma, stabilizer, zero_bias), eps,
+                     stabilizer, first=rules.zbox(low, high, stabilizer),
+                     zero_bias=zero_bias)
+
+
+def _transformer(linear, eps, attention):
+  """A transformer composite: ``linear`` the entries of the conv and dense
+  layers, ``attention`` the name of the rules of the two attention
+  products."""
+  if attention not in _ATTENTION:
+    raise ValueError(f'unknown attention rule {attention!r}; choose among '
+                     f'{ATTENTION_RULES}')
+  return Composite.of([
+      ('layer_norm', Select((Kind.LAYER_NORM,)), LayerNormIdentity(eps)),
+      ('activation', Select((Kind.GELU,)), Identity(eps)),
+      ('relu', Select((Kind.RELU,)), Gradient()),
+      ('softmax', Select((Kind.SOFTMAX,)), Gradient()),
+      *_ATTENTION[attention](eps),
+      ('sum', Select((Kind.SUM,)), Norm(eps)),
+      ('pool', Select((Kind.AVG_POOL,)), Norm(eps)),
+      *linear,
+  ])
+
+
+_ATTENTION = {
+    # AttnLRP: the uniform (50/50) rule on Q K^T and A V.
+    'attn_lrp': lambda eps: [
+        ('matmul', Select((Kind.QUERY_KEY, Kind.ATTENTION_VALUE)),
+         HalfMatMul(eps))],
+    # CP-LRP: no relevance through the attention weights, only through V.
+    'cp_lrp': lambda eps: [
+        ('attention_scores', Select((Kind.QUERY_KEY,)), StopRelevance()),
+        ('attention_values', Select((Kind.ATTENTION_VALUE,)), Gradient()),
+    ],
+}
+ATTENTION_RULES = tuple(_ATTENTION)
+
+
+def _vit_linear(eps, gamma):
+  rule = rules.epsilon(eps) if gamma is None else rules.gamma(gamma, eps)
+  return [('linear', Select(LINEAR), rule)]
+
+
+def attn_lrp(eps=1e-6, gamma=None) -> Composite:
+  """AttnLRP for transformers (Achtibat et al., 2024): Epsilon (or
+  Gamma(gamma)) on dense layers and the patch embedding, the identity rule
+  on LayerNorm's normalisation and GELU, softmax by its gradient, the
+  uniform rule on the two attention products, Norm on the residual sums."""
+  return _transformer(_vit_linear(eps, gamma), eps, 'attn_lrp')
+
+
+def cp_lrp(eps=1e-6, gamma=None) -> Composite:
+  """CP-LRP (Ali et al., 2022) as in LXT: AttnLRP's rules, but no relevance
+  through the attention weights; it flows through the values only."""
+  return _transformer(_vit_linear(eps, gamma), eps, 'cp_lrp')
+
+
+def _group_rules(defaults, chosen) -> dict:
+  return {g: defaults[g] if chosen.get(g) is None else chosen[g]
+          for g in GROUPS}
+
+
+def vit_groups(low=None, middle=None, high=None, fc=None, *,
+               attention: str = 'attn_lrp',
+               boundaries: tuple[float, float] = (1 / 3, 2 / 3),
+               stabilizer=1e-6, depth: int | None = None) -> Composite:
+  """PXP's layer groups for a transformer (Hatefi et al., 2024), each with
+  its own rule (Epsilon by default, as AttnLRP); the family spec says which
+  layers each group holds (for a ViT: blocks ``i`` with ``b1 <= i / depth <
+  b2`` are middle, low before with the patch embedding, high after; the
+  head is ``fc``). ``attention`` is ``'attn_lrp'`` or ``'cp_lrp'``; the
+  other rules are AttnLRP's, with ``stabilizer`` their eps. ``depth`` is
+  read from the model (accepted for older JSON files)."""
+  del depth
+  chosen = _group_rules({g: rules.epsilon() for g in GROUPS},
+                        dict(low=low, middle=middle, high=high, fc=fc))
+  linear = [(g, Select(LINEAR, group=g, boundaries=tuple(boundaries)),
+             chosen[g]) for g in ('fc', 'low', 'middle', 'high')]
+  return _transformer(linear, stabilizer, attention)
+
+
+def pxp_groups(low=None, middle=None, high=None, fc=None, *,
+               boundaries: tuple[float, float] | dict[str, str] = (1 / 3, 2 / 3),
+               stabilizer=1e-6) -> Composite:
+  """The layer-group composite of PXP (Hatefi et al., 2024) for CNNs.
+
+  The family spec splits the convs into low, middle and high groups (in
+  call order at ``boundaries``), each with its own rule; dense layers form
+  the ``fc`` group. The defaults are the 2021 paper's composite (ZPlus on
+  convs, Epsilon on dense layers).
+
+  Args:
+    low, middle, high, fc: ``rules.LinearRule`` of each group.
+    boundaries: fractions where middle and high start, or ``{'low': regex,
+      'middle': regex, 'high': regex}`` over conv paths.
+    stabilizer: eps of the Norm rule on sums and average pooling.
+  """
+  zplus = rules.zplus()
+  chosen = _group_rules(dict(low=zplus, middle=zplus, high=zplus,
+                             fc=rules.epsilon()),
+                        dict(low=low, middle=middle, high=high, fc=fc))
+  if isinstance(boundaries, dict):
+    missing = set(GROUPS[:3]) - set(boundaries)
+    if missing:
+      raise ValueError(f'boundaries lacks group(s) {sorted(missing)}')
+    selects = {g: Select((Kind.CONV,), path=boundaries[g]) for g in GROUPS[:3]}
+    selects['fc'] = Select((Kind.DENSE,))
+  else:
+    selects = {g: Select(LINEAR, group=g, boundaries=tuple(boundaries))
+               for g in GROUPS}
+  return _cnn([*_cnn_base(stabilizer),
+               *[(g, selects[g], chosen[g]) for g in GROUPS]])
+
+
+PRESETS = {
+    'epsilon_plus': epsilon_plus,
+    'epsilon_plus_flat': epsilon_plus_flat,
+    'epsilon_alpha2_beta1': epsilon_alpha2_beta1,
+    'epsilon_alpha2_beta1_flat': epsilon_alpha2_beta1_flat,
+    'epsilon_gamma_box': epsilon_gamma_box,
+    'attn_lrp': attn_lrp,
+    'cp_lrp': cp_lrp,
+    'pxp_groups': pxp_groups,
+    'vit_groups': vit_groups,
+}
+_BOUNDED = ('epsilon_gamma_box',)  # presets that take the input bounds
+
+
+def get(name: str, **kwargs) -> Composite:
+  """A preset by name with its keyword arguments."""
+  if name not in PRESETS:
+    raise ValueError(f'unknown composite {name!r}; presets: '
+                     f'{", ".join(sorted(PRESETS))}')
+  return PRESETS[name](**kwargs)
+
+
+def for_model(model, low=None, high=None, *, found=None,
+              purpose: str = 'heatmaps') -> Composite:
+  """The family's default composite (``pxp_jax.models.spec``).
+
+  Args:
+    model: a flax model.
+    low, high: the bounds of its normalised inputs, for presets that take
+      them (EpsilonGammaBox); without them EpsilonPlus stands in.
+    found: its structure (traced on a 32x32 input if not given, which suits
+      only models that take any size; pass it otherwise).
+    purpose: ``'heatmaps'`` (EpsilonGammaBox for CNNs, AttnLRP for
+      transformers) or ``'pruning'`` (the 2021 groups, AttnLRP's groups).
+  """
+  spec = spec_lib.spec_for(model)
+  if found is None:
+    found = _trace_default(model)
+  if purpose == 'pruning':
+    return get(spec.pruning_composite(found))
+  if purpose != 'heatmaps':
+    raise ValueError(f"purpose must be 'heatmaps' or 'pruning', got "
+                     f'{purpose!r}')
+  name = spec.heatmap_composite(found)
+  if name in _BOUNDED:
+    if low is None or high is None:
+      return epsilon_plus()
+    return get(name, low=low, high=high)
+  return get(name)
+
+
+def _trace_default(model):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pxp_jax import structure  # pylint: disable=g-import-not-at-top
+  size = getattr(model, 'image_size', 32)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  return structure.trace(model, variables, x.shape)
+
+
+def layer_groups(model, found=None, boundaries=(1 / 3, 2 / 3)
+                 ) -> dict[str, list[str]]:
+  """``{'low': [...], 'middle': [...], 'high': [...], 'fc': [...]}``: the
+  layer paths of each PXP layer group of ``model``, as its family spec
+  splits them."""
+  found = found or _trace_default(model)
+  return spec_lib.spec_for(model).layer_groups(found, tuple(boundaries))
+
+
+def rule_to_json(rule) -> dict:
+  """A rule as JSON: ``{"rule": name, hyperparameters...}``."""
+  return rules.to_json(rule)
+
+
+def rule_from_json(spec: dict):
+  return rules.from_json(spec)
+
+
+def from_json(spec: dict) -> Composite:
+  """A preset from ``{"preset": name, "args": {...}}``; arguments that are
+  dicts with a ``"rule"`` key become rules (e.g. the groups of
+  ``pxp_groups``)."""
+  if 'preset' not in spec:
+    raise ValueError('a composite JSON needs "preset" (one of '
+                     f'{", ".join(sorted(PRESETS))}) and optional "args"')
+  args = {k: rules.from_json(v) if isinstance(v, dict) and 'rule' in v else v
+          for k, v in spec.get('args', {}).items()}
+  if isinstance(args.get('boundaries'), list):
+    args['boundaries'] = tuple(args['boundaries'])
+  return get(spec['preset'], **args)
+
+
+__all__ = [
+    'ATTENTION_RULES', 'Composite', 'Fold', 'GROUPS', 'Gradient',
+    'HalfMatMul', 'Identity', 'Kind', 'LayerNormIdentity', 'MergeBatchNorm',
+    'Norm', 'PRESETS', 'Select', 'StopRelevance', 'attn_lrp', 'cp_lrp',
+    'epsilon_alpha2_beta1', 'epsilon_alpha2_beta1_flat', 'epsilon_gamma_box',
+    'epsilon_plus', 'epsilon_plus_flat', 'for_model', 'from_json', 'get',
+    'layer_groups', 'pxp_groups', 'rule_from_json', 'rule_to_json',
+    'vit_groups',
+]

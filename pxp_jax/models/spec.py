@@ -1,0 +1,144 @@
+"""Model-family specs: what pxp_jax needs to know about a family beyond the
+operations it calls (``kinds``) and its units (``pxp_jax.structure``).
+
+A spec says how the family's layers split into PXP's layer groups, its
+default composites and unit type, the range of its raw inputs, where a
+head's weights are (weight-magnitude criterion), and how its checkpoints
+name things. Each family declares its spec beside its model; any other flax
+model gets ``GENERIC``, which reads all of it off the model's structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from pxp_jax.models.kinds import Kind
+
+GroupFn = Callable[..., dict[str, list[str]]]
+
+
+def split_by_order(paths: list[str], boundaries) -> dict[str, list[str]]:
+  """``paths`` in call order cut at fractions ``(b1, b2)``: path ``i`` of
+  ``n`` is low if ``i/n < b1``, middle if ``b1 <= i/n < b2``, else high."""
+  b1, b2 = boundaries
+  n = len(paths)
+  out = {'low': [], 'middle': [], 'high': []}
+  for i, path in enumerate(paths):
+    at = i / n
+    out['low' if at < b1 else 'middle' if at < b2 else 'high'].append(path)
+  return out
+
+
+def groups_by_order(found, boundaries) -> dict[str, list[str]]:
+  """Layer groups read off the structure: without attention (a CNN) the
+  convs in call order split into low, middle and high and every dense layer
+  is ``fc``; with attention every linear layer but the output layer is split
+  in call order and the output layer is ``fc``."""
+  linear = [op.path for op in found.of_kind(Kind.CONV, Kind.DENSE)]
+  if has_attention(found):
+    output = found.output_layer
+    return {**split_by_order([p for p in linear if p != output], boundaries),
+            'fc': [output] if output else []}
+  convs = [op.path for op in found.of_kind(Kind.CONV)]
+  return {**split_by_order(convs, boundaries),
+          'fc': [op.path for op in found.of_kind(Kind.DENSE)]}
+
+
+def has_attention(found) -> bool:
+  return any(u.type == 'heads' for u in found.units().values())
+
+
+def heads_of_projections(params: Mapping[str, np.ndarray], unit,
+                         found) -> np.ndarray:
+  """L1 norm of each head's query, key and value weights, for attention
+  modules whose projections have a heads axis (flax's ``DenseGeneral``
+  kernels ``(width, heads, head_dim)``): the projections called before the
+  softmax."""
+  softmax = found.op(unit.layer)
+  before = [op for op in found.leaves[:found.leaves.index(softmax)]
+            if op.kind is Kind.DENSE and op.parent == unit.key]
+  total = np.zeros(unit.size)
+  for op in before:
+    kernel = np.abs(np.asarray(params[f'{op.path}.kernel']))
+    if kernel.ndim != 3 or kernel.shape[1] != unit.size:
+      raise ValueError(f'{op.path}: cannot read {unit.size} heads off a '
+                       f'kernel of shape {kernel.shape}')
+    total += kernel.sum(axis=(0, 2))
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A model family.
+
+  Attributes:
+    name: the family's name.
+    model_class: its flax module class (None for ``GENERIC``).
+    transformer: whether it is a transformer (None: read off the structure,
+      attention or not).
+    layer_groups: ``(structure, boundaries) -> {'low', 'middle', 'high',
+      'fc': [layer paths]}``.
+    head_weights: ``(flat params, heads Unit, structure) -> (heads,)`` L1
+      norms of each head's weights.
+    input_range: the range of raw pixel values before normalisation.
+    checkpoint_names: source (``'torchvision'``, ...) -> a function from our
+      parameter names to that source's.
+  """
+
+  name: str
+  model_class: type | None = None
+  transformer: bool | None = None
+  layer_groups: GroupFn = groups_by_order
+  head_weights: Callable = heads_of_projections
+  input_range: tuple[float, float] = (0.0, 1.0)
+  checkpoint_names: Mapping[str, Callable[[str], str]] = dataclasses.field(
+      default_factory=dict)
+
+  def is_transformer(self, found) -> bool:
+    return (has_attention(found) if self.transformer is None
+            else self.transformer)
+
+  def default_units(self, found) -> str:
+    """What the pruning job prunes: MLP neurons of a transformer, else
+    filters."""
+    return 'neurons' if self.is_transformer(found) else 'filters'
+
+  def absolute_tokens(self, found) -> bool:
+    """Whether unit relevance takes |R| per token before summing tokens by
+    default (the PXP reference does for ViTs)."""
+    return self.is_transformer(found)
+
+  def pruning_composite(self, found) -> str:
+    """The preset PXP ranks units with by default: the 2021 layer groups
+    (ZPlus on convs) for CNNs, AttnLRP's groups for transformers."""
+    return 'vit_groups' if self.is_transformer(found) else 'pxp_groups'
+
+  def heatmap_composite(self, found) -> str:
+    """The preset for input heatmaps: EpsilonGammaBox for CNNs, AttnLRP for
+    transformers."""
+    return 'attn_lrp' if self.is_transformer(found) else 'epsilon_gamma_box'
+
+  def input_bounds(self, mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest normalised input, per channel."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    low, high = self.input_range
+    return (low - mean) / std, (high - mean) / std
+
+
+GENERIC = Spec('flax')
+_SPECS: list[Spec] = []
+
+
+def register(spec: Spec) -> Spec:
+  """Makes ``spec`` the spec of models of ``spec.model_class``."""
+  _SPECS.insert(0, spec)
+  return spec
+
+
+def spec_for(model) -> Spec:
+  """The spec of ``model``'s family, ``GENERIC`` for other flax models."""
+  return next((s for s in _SPECS if isinstance(model, s.model_class)),
+              GENERIC)
