@@ -20,7 +20,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from pxp_jax import attribute, checkpoints, composites, data, evaluate, plot
+from pxp_jax import attribute, checkpoints, data, evaluate, plot
+from pxp_jax.jobs import task as task_lib
 
 _CHECKPOINTS = flags.DEFINE_list(
     'checkpoints', None, 'Checkpoint names or folders (default: all shipped).')
@@ -42,17 +43,16 @@ def main(argv):
   rows = []
   for name in names:
     start = time.time()
-    model, variables = checkpoints.load(name)
-    recipe = checkpoints.recipe(name)
-    preprocess = data.Preprocess(**recipe['preprocess'])
-    row = dict(checkpoint=str(name), model=recipe['model'],
-               params=sum(x.size for x in jax.tree.leaves(variables['params'])))
+    task = task_lib.Task(name, data_dir=_DATA_DIR.value or '',
+                         eval_batch_size=256)
+    row = dict(checkpoint=str(name), model=task.recipe['model'],
+               params=sum(x.size for x in
+                          jax.tree.leaves(task.variables['params'])))
     for split in _SPLITS.value:
-      source = data.load(recipe['dataset'], split, data_dir=_DATA_DIR.value)
-      row[split] = evaluate.accuracy(model, variables,
-                                     data.batches(source, preprocess, 256))
+      row[split] = evaluate.accuracy(task.model, task.variables,
+                                     task.batches(split))
     if _WORKDIR.value and _HEATMAPS.value:
-      row['heatmaps'] = _heatmaps(name, model, variables, preprocess, recipe)
+      row['heatmaps'] = _heatmaps(name, task)
     row['seconds'] = round(time.time() - start, 1)
     rows.append(row)
     print(f'evaluated {name} in {row["seconds"]} s', flush=True)
@@ -71,19 +71,19 @@ def main(argv):
         json.dumps(rows, indent=2) + '\n')
 
 
-def _heatmaps(name, model, variables, preprocess, recipe) -> str:
+def _heatmaps(name, task) -> str:
   """Input relevance of the first test images of each class, as a PNG."""
-  source = data.load(recipe['dataset'], 'test', data_dir=_DATA_DIR.value)
+  source = task.split('test')
   count = _HEATMAPS.value
   labels = source.labels
   first = [int(np.flatnonzero(labels == c)[0])
            for c in np.unique(labels)][:count]
-  images = np.stack([data.preprocess(source[i]['image'], preprocess)
+  images = np.stack([data.preprocess(source[i]['image'], task.preprocess)
                      for i in first])
   targets = jnp.asarray(labels[first])
-  mean, std = np.asarray(preprocess.mean), np.asarray(preprocess.std)
-  composite = composites.for_model(model, (0 - mean) / std, (1 - mean) / std)
-  result = attribute(model, variables, jnp.asarray(images), targets, composite)
+  mean, std = task.preprocess.mean, task.preprocess.std
+  result = attribute(task.model, task.variables, jnp.asarray(images), targets,
+                     task.heatmap_composite())
   out = pathlib.Path(_WORKDIR.value) / f'heatmaps_{pathlib.Path(name).name}.png'
   return plot.heatmaps(
       images, np.asarray(result.input), out, mean=mean, std=std,

@@ -11,7 +11,7 @@ Re-running with the same config reuses the scores saved in DIR.
 from absl import app
 
 from experiments import cli
-from pxp_jax import experiment
+from pxp_jax.jobs import prune
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     'experiments/configs/prune.py', 'Pruning config.')
@@ -19,7 +19,7 @@ _CONFIG, _WORKDIR = cli.define_config_and_workdir(
 
 def main(argv):
   cli.start(argv)
-  experiment.prune(_CONFIG.value, _WORKDIR.value)
+  prune.prune(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ importance.png, comparison.json and comparison.png.
 from absl import app, flags
 
 from experiments import cli
-from pxp_jax import search
+from pxp_jax.jobs import search
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     'experiments/configs/search.py', 'Search config.')

@@ -9,7 +9,7 @@ Re-running with the same workdir resumes from the last epoch.
 from absl import app
 
 from experiments import cli
-from pxp_jax import train
+from pxp_jax.jobs import train
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     'experiments/configs/train.py', 'Training config.')

@@ -25,7 +25,7 @@ def __getattr__(name):
   if name in _ALIASES:
     return importlib.import_module(_ALIASES[name])
   if name in ('attribute', 'Attribution'):
-    return getattr(importlib.import_module('pxp_jax.lrp.attribute'), name)
+    return getattr(importlib.import_module('pxp_jax.lrp.attribution'), name)
   raise AttributeError(f'module pxp_jax has no attribute {name!r}')
 
 

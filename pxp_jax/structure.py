@@ -82,6 +82,10 @@ class Unit:
   size: int
   spans: str
 
+  def broadcast(self, mask):
+    """A (units,) mask shaped to multiply the site's output."""
+    return mask[:, None, None] if self.axis == 1 else mask
+
 
 @dataclasses.dataclass(frozen=True)
 class Structure:

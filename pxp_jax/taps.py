@@ -20,7 +20,7 @@ tokens, ``(batch, heads, queries, keys)`` weights.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -102,6 +102,17 @@ def apply(model: nn.Module, variables, *args, taps: Sequence[Tap],
 
   with nn.intercept_methods(intercept):
     return model.apply(variables, *args, **kwargs)
+
+
+def scale(factors: Mapping[str, Any]) -> Tap:
+  """A tap multiplying the output of each operation ``path`` in
+  ``factors`` by ``factors[path]`` (pruning masks, relevance probes)."""
+
+  def tap(call, proceed):
+    out = proceed()
+    factor = factors.get(call.path)
+    return out if factor is None else out * factor
+  return tap
 
 
 def _opened_attention(call: Call, f, dispatch):

@@ -1,23 +1,51 @@
-"""What the pruning and search configs share: the parsing of the
-``key=value,flag`` argument after the config file's name, and the fields
-that name the model, its data, the reference samples and the units."""
+"""What the configs share: the typed parsing of the ``key=value,flag``
+argument after the config file's name, and the fields that name the model,
+its data, the reference samples and the units."""
 
-from pxp_jax import pruning
+import ml_collections
+from ml_collections import config_dict
 
+from pxp_jax.prune import DEFAULT_RATES
 
-def parse(arg: str) -> dict[str, str | bool]:
-  """``'model=vit_digits,runlocal'`` -> ``{'model': 'vit_digits',
-  'runlocal': True}``."""
-  return dict(kv.split('=', 1) if '=' in kv else (kv, True)
-              for kv in arg.split(',') if kv)
+_TRUE, _FALSE = ('1', 'true', 'yes', ''), ('0', 'false', 'no')
 
 
-def pruning_fields(options: dict) -> dict:
+def parse(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """``'model=vit_digits,runlocal'`` against typed ``defaults`` (as
+  big_vision's ``parse_arg``): each value takes its default's type, a bare
+  key sets a bool, and an unknown key is an error naming the valid ones.
+
+  Example::
+
+    parse('model=vit_digits,runlocal', model='resnet_digits', runlocal=False)
+  """
+  out = dict(defaults)
+  for item in filter(None, arg.split(',')):
+    key, _, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'unknown config option {key!r} in {arg!r}; valid '
+                       f'options: {", ".join(sorted(defaults))}')
+    default = defaults[key]
+    if isinstance(default, bool):
+      if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(f'config option {key} is a flag: write {key} or '
+                         f'{key}=false, not {item!r}')
+      out[key] = value.lower() in _TRUE
+    else:
+      try:
+        out[key] = type(default)(value)
+      except ValueError as error:
+        raise ValueError(f'config option {key} takes a '
+                         f'{type(default).__name__}, got {value!r}') from error
+  return ml_collections.ConfigDict(out)
+
+
+def pruning_fields(model: str) -> dict:
   """The model (a checkpoint name or folder), its data and reference
-  samples, the units to prune (MLP neurons for a ViT, filters otherwise) and
-  the pruning rates."""
-  model = options.get('model', 'resnet_digits')
-  vit = 'vit' in model
+  samples, the units to prune and the pruning rates. Units and the
+  per-token absolute value default to the model family's choice
+  (``pxp_jax.models.spec``): MLP neurons and |R| per token for a ViT,
+  filters for a CNN."""
   return dict(
       model=model,
       dataset='',                  # '' = the checkpoint's dataset
@@ -26,9 +54,10 @@ def pruning_fields(options: dict) -> dict:
       reference_split='train',
       n_per_class=10,              # reference samples per class (seeded)
       seed=0,
-      units='neurons' if vit else 'filters',   # filters | neurons | heads
-      absolute_tokens=vit,         # |R| per token before summing tokens
-      rates=pruning.DEFAULT_RATES,
+      units='',                    # filters | neurons | heads; '' = family's
+      absolute_tokens=config_dict.placeholder(bool),  # None = family's
+      rates=DEFAULT_RATES,
+      random_seeds=3,              # seeds of the random baseline
       batch_size=32,               # reference samples per relevance pass
       eval_batch_size=512,
   )

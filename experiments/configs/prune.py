@@ -12,9 +12,9 @@ from experiments.configs.options import parse, pruning_fields
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
-  options = parse(arg)
+  options = parse(arg, model='resnet_digits', runlocal=False)
   config = ml_collections.ConfigDict(dict(
-      **pruning_fields(options),
+      **pruning_fields(options.model),
       eval_split='test',
       criteria=('lrp', 'random', 'weight', 'gradient', 'taylor',
                 'integrated_gradients'),
@@ -24,7 +24,6 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       normalize=False,             # per-layer normalisation of the baselines
       per_layer=False,             # rank per layer instead of globally
       keep_one=False,              # never empty a layer
-      random_seeds=3,
       ig_steps=16,
       heatmaps=8,
       fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
@@ -32,7 +31,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       fine_tune_lr=1e-3,
       fine_tune_batch=64,
   ))
-  if options.get('runlocal'):
+  if options.runlocal:
     config.n_per_class = 3
     config.rates = (0.0, 0.2, 0.4, 0.6, 0.8)
     config.random_seeds = 1

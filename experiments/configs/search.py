@@ -14,9 +14,9 @@ from experiments.configs.options import parse, pruning_fields
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
-  options = parse(arg)
+  options = parse(arg, model='resnet_digits', runlocal=False)
   config = ml_collections.ConfigDict(dict(
-      **pruning_fields(options),
+      **pruning_fields(options.model),
       validation_split='validation',   # the objective
       test_split='test',               # the final comparison
       sampler='gp',                    # gp (Gaussian process) | tpe
@@ -33,7 +33,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
           n_per_class=(),              # e.g. (1, 3, 10): search it too
       ),
   ))
-  if options.get('runlocal'):
+  if options.runlocal:
     config.n_per_class = 3
     config.rates = (0.0, 0.1, 0.2, 0.3, 0.4)
   return config

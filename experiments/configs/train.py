@@ -29,8 +29,8 @@ RECIPES = {
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   """The config for ``arg`` = ``model=NAME[,runlocal]``."""
-  options = parse(arg)
-  name = options.get('model', 'resnet_digits')
+  options = parse(arg, model='resnet_digits', runlocal=False)
+  name = options.model
   if name not in RECIPES:
     raise ValueError(f'unknown training recipe {name!r}; known: '
                      f'{", ".join(sorted(RECIPES))}')
@@ -39,7 +39,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       splits=dict(train='train', validation='validation', test='test'),
       preprocess=DIGITS_PREPROCESS, seed=0, eval_batch_size=256,
       augment_shift=2, label_smoothing=0.0, **RECIPES[name]))
-  if options.get('runlocal'):
+  if options.runlocal:
     config.num_epochs = 2
     config.warmup_epochs = 0
   return config

@@ -32,9 +32,8 @@ import numpy as np
 import optuna
 from matplotlib.figure import Figure
 
-from pxp_jax import (checkpoints, composites, criteria, data, models, plot,
-                     pruning, rules, structure)
-from pxp_jax import workdir as workdir_lib
+from pxp_jax import composites, rules
+from pxp_jax.jobs import report, task as task_lib, workdir as workdir_lib
 
 STUDY = 'pxp_search'
 
@@ -44,14 +43,14 @@ def _validate_space(space) -> None:
     raise ValueError('the search space has no layer groups (space.groups)')
   if not space.rules:
     raise ValueError('the search space has no rules to choose (space.rules)')
-  unknown = set(space.rules) - set(rules.LINEAR_RULES[:4])
+  unknown = set(space.rules) - set(rules.searchable())
   if unknown:
     raise ValueError(f'space.rules has {sorted(unknown)}; choose among '
-                     f'{rules.LINEAR_RULES[:4]}')
-  unknown = set(space.groups) - {*composites.GROUPS, 'fc'}
+                     f'{rules.searchable()}')
+  unknown = set(space.groups) - set(composites.GROUPS)
   if unknown:
     raise ValueError(f'space.groups has {sorted(unknown)}; groups are '
-                     f'{(*composites.GROUPS, "fc")}')
+                     f'{composites.GROUPS}')
   for name in ('eps', 'gamma'):
     low, high = getattr(space, name)
     if not 0 < low <= high:
@@ -66,20 +65,20 @@ def _validate_space(space) -> None:
 
 
 def composite_from_params(params: dict[str, Any], space,
-                          depth: int | None = None) -> composites.Composite:
-  """The composite of a trial's parameters: ``pxp_groups`` for a CNN,
-  ``vit_groups`` for a ViT of ``depth`` blocks. Groups outside the space keep
-  their defaults (the 2021 paper's rules; AttnLRP's for a ViT)."""
+                          preset: str = 'pxp_groups') -> composites.Composite:
+  """The composite of a trial's parameters: ``preset`` (``pxp_groups`` for a
+  CNN, ``vit_groups`` for a transformer) with the chosen rule of each group
+  in the space (the others keep the preset's defaults) and, for a
+  transformer, the chosen attention rule."""
   chosen = {}
   for group in space.groups:
     chosen[group] = rules.linear_rule(
         params[f'{group}.rule'], eps=params[f'{group}.eps'],
         gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0)
   boundaries = tuple(space.boundaries)
-  if depth is None:
-    return composites.pxp_groups(**chosen, boundaries=boundaries)
-  return composites.vit_groups(**chosen, depth=depth, boundaries=boundaries,
-                               attention=params['attention'])
+  if preset == 'vit_groups':
+    chosen['attention'] = params['attention']
+  return composites.get(preset, **chosen, boundaries=boundaries)
 
 
 def _suggest(trial: optuna.Trial, space, vit: bool) -> dict[str, Any]:
@@ -96,69 +95,33 @@ def _suggest(trial: optuna.Trial, space, vit: bool) -> dict[str, Any]:
 
 
 class _Problem:
-  """The model, its reference samples and splits, and the two programs."""
+  """The task with the search's two programs: relevance with dynamic rules
+  and the evaluation sweep over cached validation batches."""
 
   def __init__(self, config):
     self.config = config
-    self.model, self.variables = checkpoints.load(config.model)
-    recipe = checkpoints.recipe(config.model)
-    self.num_classes = recipe['num_classes']
-    self.preprocess = data.Preprocess(**recipe['preprocess'])
-    dataset = config.dataset or recipe['dataset']
-    self.split = lambda s: data.load(dataset, s,  # noqa: E731
-                                     data_dir=config.data_dir or None)
-    self.classes = list(config.classes) if config.classes else None
-    self._references = {}
+    self.task = task_lib.Task.from_config(config)
     for n in config.space.n_per_class:  # prepared up front: trials only run
-      self.references(n)
-    images, _ = self.references(config.n_per_class)
-    found = structure.trace(self.model, self.variables, images[:1].shape)
-    self.units = pruning.prunable(found, config.units)
-    self.depth = (self.model.depth if isinstance(self.model, models.ViT)
-                  else None)
-    self.sweep = pruning.sweep_correct(self.model)
+      self.task.references(n)
+    self.task.references()
+    self.preset = self.task.spec.pruning_composite(self.task.found)
+    self.transformer = self.preset == 'vit_groups'
     self.rates = list(config.rates)
-    self._arrays = {}
-
-  def references(self, n_per_class):
-    """The seeded reference samples, ``n_per_class`` of each class."""
-    if n_per_class not in self._references:
-      self._references[n_per_class] = data.reference_batch(
-          self.split(self.config.reference_split), self.preprocess,
-          n_per_class, seed=self.config.seed, classes=self.classes)
-    return self._references[n_per_class]
-
-  def batches(self, split):
-    if split not in self._arrays:
-      images, labels = data.as_arrays(self.split(split), self.preprocess,
-                                      classes=self.classes)
-      self._arrays[split] = [
-          dict(image=images[i:i + self.config.eval_batch_size],
-               label=labels[i:i + self.config.eval_batch_size])
-          for i in range(0, len(labels), self.config.eval_batch_size)]
-    return self._arrays[split]
 
   def scores(self, criterion, composite=None, signed=False, seed=0,
              n_per_class=None):
     # Batches are padded to batch_size: any sample count, one program.
-    images, labels = self.references(n_per_class or self.config.n_per_class)
-    return criteria.score(
-        criterion, self.model, self.variables, images, labels,
-        self.units, composite=composite, signed=signed,
-        absolute_tokens=self.config.absolute_tokens,
-        batch_size=self.config.batch_size, seed=self.config.seed + seed,
-        dynamic_rules=True)
+    return self.task.score(
+        self.task.criterion(criterion, composite=composite, signed=signed,
+                            seed=seed, dynamic_rules=True), n_per_class)
 
   def composite(self, params: dict[str, Any]) -> composites.Composite:
-    return composite_from_params(params, self.config.space, self.depth)
+    return composite_from_params(params, self.config.space, self.preset)
 
-  def curves(self, per_criterion: dict, split: str) -> dict[str, np.ndarray]:
-    masks = {k: pruning.masks(s, self.rates) for k, s in per_criterion.items()}
-    accuracy = pruning.sweep_accuracy(
-        self.model, self.variables, self.batches(split), pruning.stack(masks),
-        self.num_classes, self.classes, run=self.sweep)
-    n = len(self.rates)
-    return {k: accuracy[i * n:(i + 1) * n] for i, k in enumerate(masks)}
+  def a_pr(self, scores, split: str) -> float:
+    results, _ = report.evaluate(self.task, {'lrp': [scores]}, self.rates,
+                                 split, cached=True)
+    return results['criteria']['lrp']['a_pr']
 
 
 def search(config, workdir, *, n_trials: int, timeout: float | None = None
@@ -172,18 +135,17 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   start = time.time()
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
   problem = _Problem(config)
-  study = _study(config, workdir, vit=problem.depth is not None)
+  study = _study(config, workdir, vit=problem.transformer)
 
   def objective(trial):
     with _counting_compiles() as compiles:
-      params = _suggest(trial, config.space, vit=problem.depth is not None)
+      params = _suggest(trial, config.space, vit=problem.transformer)
       composite = problem.composite(params)
       scores = problem.scores('lrp', composite, signed=params['signed'],
                               n_per_class=params.get('n_per_class'))
-      accuracy = problem.curves({'lrp': scores},
-                                config.validation_split)['lrp']
+      a_pr = problem.a_pr(scores, config.validation_split)
     trial.set_user_attr('compiles', compiles[0])
-    return pruning.summarize(problem.rates, accuracy, accuracy[0])['a_pr']
+    return a_pr
 
   def progress(study, trial):
     best = study.best_trial
@@ -199,13 +161,11 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                    timeout=timeout or None, callbacks=[progress])
   best = study.best_trial
   best_composite = problem.composite(best.params)
-  args = {g: composites.rule_to_json(best_composite[g])
-          for g in (*composites.GROUPS, 'fc')}
+  args = {g: rules.to_json(best_composite[g]) for g in composites.GROUPS}
   args['boundaries'] = list(config.space.boundaries)
-  if problem.depth is not None:
-    args.update(depth=problem.depth, attention=best.params['attention'])
-  best_json = {'preset': 'pxp_groups' if problem.depth is None
-                         else 'vit_groups',
+  if problem.transformer:
+    args['attention'] = best.params['attention']
+  best_json = {'preset': problem.preset,
                'args': args,
                'signed': best.params['signed'],
                'n_per_class': best.params.get('n_per_class',
@@ -216,15 +176,11 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   _write_trials(workdir / 'trials.csv', study)
   _plot_study(workdir, study)
   comparison = _compare(problem, best.params, config)
-  (workdir / 'comparison.json').write_text(json.dumps(comparison, indent=2)
-                                           + '\n')
-  plot.curves(workdir / 'comparison.png', problem.rates,
-              {f"{k} (A_PR {v['a_pr']:.3f})": v['accuracy']
-               for k, v in comparison['criteria'].items()},
-              unpruned=comparison['unpruned_accuracy'],
-              xlabel=f'pruned {config.units} (%)',
-              title=f'{config.model}: optimised LRP vs baselines (test split)')
-  print(_table(comparison), flush=True)
+  report.write(workdir, 'comparison', comparison,
+               xlabel=f'pruned {problem.task.units_type} (%)',
+               title=f'{config.model}: optimised LRP vs baselines '
+               f'({config.test_split} split)')
+  print(report.table(comparison), flush=True)
   return comparison
 
 
@@ -310,43 +266,33 @@ def _compare(problem: _Problem, params, config) -> dict[str, Any]:
 
   ``epsilon`` is Epsilon on every layer and ``pxp_2021`` ZPlus on the
   feature layers with Epsilon on the classifier, the 2021 paper's composite
-  (for a ViT: on the blocks' linear layers and the patch embedding, with
-  AttnLRP's other rules); a ViT adds CP-LRP (Epsilon everywhere), LXT's
-  default."""
+  (for a transformer: on the blocks' linear layers and the patch embedding,
+  with AttnLRP's other rules); a transformer adds CP-LRP (Epsilon
+  everywhere), LXT's default. ``random`` averages ``config.random_seeds``
+  seeds."""
   eps, zplus = rules.epsilon(), rules.zplus()
-  boundaries = tuple(config.space.boundaries)
-  if problem.depth is None:
-    groups = functools.partial(composites.pxp_groups, boundaries=boundaries)
-    extra = {}
-  else:
-    groups = functools.partial(composites.vit_groups, depth=problem.depth,
-                               boundaries=boundaries)
-    extra = {'cp_lrp': problem.scores('lrp', groups(attention='cp_lrp'))}
+  groups = functools.partial(composites.get, problem.preset,
+                             boundaries=tuple(config.space.boundaries))
+  extra = {}
+  if problem.transformer:
+    extra['cp_lrp'] = problem.scores('lrp', groups(attention='cp_lrp'))
   candidates = {
       'optimised': problem.scores(
           'lrp', problem.composite(params), signed=params['signed'],
           n_per_class=params.get('n_per_class')),
-      'epsilon': problem.scores('lrp', groups(eps, eps, eps, eps)),
-      'pxp_2021': problem.scores('lrp', groups(zplus, zplus, zplus, eps)),
+      'epsilon': problem.scores('lrp', groups(low=eps, middle=eps, high=eps,
+                                              fc=eps)),
+      'pxp_2021': problem.scores('lrp', groups(low=zplus, middle=zplus,
+                                               high=zplus, fc=eps)),
       **extra,
       'weight': problem.scores('weight'),
-      **{f'random_{s}': problem.scores('random', seed=s) for s in range(3)},
   }
-  curves = problem.curves(candidates, config.test_split)
-  curves['random'] = np.mean([curves.pop(f'random_{s}') for s in range(3)],
-                             axis=0)
-  unpruned = float(curves['optimised'][0])
-  return {'unpruned_accuracy': unpruned, 'split': config.test_split,
-          'criteria': {k: pruning.summarize(problem.rates, v, unpruned)
-                       for k, v in curves.items()}}
-
-
-def _table(comparison) -> str:
-  lines = [f"{'composite':10s}  A_PR    Top-PR   ({comparison['split']} split, "
-           f"unpruned {comparison['unpruned_accuracy']:.4f})"]
-  for name, c in comparison['criteria'].items():
-    lines.append(f"{name:10s}  {c['a_pr']:.4f}  {c['top_pr']:.2f}")
-  return '\n'.join(lines)
+  scores = {k: [v] for k, v in candidates.items()}
+  scores['random'] = [problem.scores('random', seed=s)
+                      for s in range(config.random_seeds)]
+  results, _ = report.evaluate(problem.task, scores, problem.rates,
+                               config.test_split, cached=True)
+  return results
 
 
 def _write_trials(path, study):

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from pxp_jax import checkpoints, data, evaluate, models
-from pxp_jax import workdir as workdir_lib
+from pxp_jax.jobs import workdir as workdir_lib
 
 
 class TrainState(train_state.TrainState):

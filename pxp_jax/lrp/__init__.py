@@ -5,9 +5,9 @@
   composites.py                            Select, Composite (rules by operation)
   presets.py                               zennit's, AttnLRP, CP-LRP, PXP groups
   canonize.py                              BatchNorm folding
-  attribute.py                             attribute(): heatmaps, unit relevance
+  attribution.py                           attribute(): heatmaps, unit relevance
 """
 
-from pxp_jax.lrp.attribute import Attribution, attribute
+from pxp_jax.lrp.attribution import Attribution, attribute
 
 __all__ = ['Attribution', 'attribute']

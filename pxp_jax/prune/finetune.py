@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pxp_jax import pruning, structure
+from pxp_jax import structure
+from pxp_jax.prune import sweep
 
 
 def fine_tune(model, variables, masks: Mapping[str, jax.Array],
@@ -63,7 +64,7 @@ def _step(model):
                             images.shape, images.dtype)
 
     def loss_fn(p):
-      logits = pruning.masked_apply(model, {**frozen, 'params': p}, images,
+      logits = sweep.masked_apply(model, {**frozen, 'params': p}, images,
                                     masks, found)
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()

@@ -25,7 +25,6 @@ import numpy as np
 from pxp_jax import structure, taps
 from pxp_jax.lrp import composites, linear_rules
 from pxp_jax.models import kinds, spec as spec_lib
-from pxp_jax.models.kinds import Kind
 
 INITS = ('one_hot', 'logit')
 
@@ -104,8 +103,10 @@ def attribute(model, variables, inputs, targets,
   if not isinstance(composite, composites.Composite):
     raise TypeError(f'composite must be a pxp_jax.composites.Composite, got '
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
-  masks = None if masks is None else {k: jnp.asarray(v)
-                                      for k, v in masks.items()}
+  if masks is not None:
+    masks = {k: jnp.asarray(v) for k, v in masks.items()}
+    found = structure.trace(model, variables, inputs.shape, inputs.dtype)
+    found.sites(masks)  # a clear error for unknown unit keys
   result = _attribute(model, variables, inputs, targets, composite, masks,
                       init, absolute_tokens,
                       None if dynamic_rules else fixed_rules(composite),
@@ -187,10 +188,11 @@ def _attribute(model, variables, inputs, targets, composite, masks, init,
   def forward(inputs, probes, input_probe):
     signs = _Signs()
     context = _Context(plan, composite, fixed, signs, inputs, input_probe)
-    scale = {key: probes[key] * _broadcast_mask(masks, units[key], inputs.dtype)
-             for key in probes}
+    at_sites = {units[key].site: probes[key] * (
+        units[key].broadcast(masks[key].astype(inputs.dtype))
+        if masks is not None and key in masks else 1) for key in probes}
     return taps.apply(model, canonical, inputs, taps=[
-        signs.tap, _unit_tap(found.sites(units), scale), context.tap])
+        signs.tap, taps.scale(at_sites), context.tap])
 
   if with_input:
     logits, vjp = jax.vjp(forward, inputs, probes, input_probe)
@@ -240,24 +242,6 @@ def _probe_shape(found, unit: structure.Unit, absolute_tokens: bool
   if len(shape) == 3:  # tokens (B, T, C)
     return (shape[0], shape[1] if absolute_tokens else 1, shape[-1])
   return (shape[0], shape[-1])
-
-
-def _broadcast_mask(masks, unit: structure.Unit, dtype):
-  """A unit's (units,) mask shaped to multiply its site's output."""
-  if masks is None or unit.key not in masks:
-    return jnp.ones((), dtype)
-  mask = masks[unit.key].astype(dtype)
-  return mask[:, None, None] if unit.axis == 1 else mask
-
-
-def _unit_tap(sites: Mapping[str, str], scale: Mapping):
-  """Multiplies each unit site's output by its probe (or mask)."""
-
-  def tap(call, proceed):
-    out = proceed()
-    key = sites.get(call.path)
-    return out if key is None else out * scale[key]
-  return tap
 
 
 class _Signs:

@@ -1,0 +1,18 @@
+"""Pruning by eXplaining: unit scores -> masks -> masked evaluation.
+
+  criteria.py   unit scores by LRP and the baselines (objects with options)
+  ranking.py    scores -> nested masks over pruning rates
+  sweep.py      masked_apply and one compiled program per sweep
+  metrics.py    A_PR, AUC, Top-PR
+  finetune.py   fine-tuning with pruned units kept pruned
+
+Pure functions over pytrees: scores and masks are dicts from a unit key
+(``pxp_jax.structure.Unit``) to a vector over the layer's units.
+"""
+
+from pxp_jax.prune.ranking import DEFAULT_RATES, masks, normalize
+from pxp_jax.prune.metrics import stack, summarize
+from pxp_jax.prune.sweep import masked_apply, sweep_accuracy, sweep_correct
+
+__all__ = ['DEFAULT_RATES', 'masked_apply', 'masks', 'normalize', 'stack',
+           'summarize', 'sweep_accuracy', 'sweep_correct']
