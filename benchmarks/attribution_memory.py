@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from pxp_jax import composites, models, relevance, rules
+from pxp_jax import attribute, composites, models, rules
 
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'vgg16_bn', 'vit_ti16'],
@@ -44,10 +44,10 @@ def main(argv):
                 'epsilon_plus': composites.epsilon_plus(),
                 'epsilon_gamma_box': composites.epsilon_gamma_box(-3.0, 3.0)}
     for comp_name, composite in chosen.items():
-      fixed = relevance._fixed_rules(composite)  # pylint: disable=protected-access
-      ours = relevance._attribute.lower(  # pylint: disable=protected-access
-          model, variables, x, targets, composite, 'one_hot', False,
-          fixed, True).compile()
+      # The composite is closed over, so its rules are fixed at compile time
+      # as in an eager call.
+      ours = jax.jit(lambda v, x, t, c=composite: attribute(
+          model, v, x, t, c).input).lower(variables, x, targets).compile()
       g, a = _temp_mib(grad), _temp_mib(ours)
       print(f'| {name} | {_BATCH.value} | {comp_name} | {g:.0f} | {a:.0f} | '
             f'{a / g:.2f} |', flush=True)

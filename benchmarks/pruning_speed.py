@@ -6,10 +6,10 @@ r"""Speed of the two halves of a PXP experiment against the reference's way.
    torchvision's ResNet-18 at 224x224 over ``--samples`` reference samples.
    Reference procedure: one zennit pass per sample at batch 1 (as the PXP
    reference does), hooks reading the relevance at every conv output.
-   pxp_jax: ``criteria.score('lrp', ...)`` in batches of ``--batch``.
+   pxp_jax: ``criteria.get('lrp', ...).score`` in batches of ``--batch``.
    Compilation and zennit's set-up are excluded (one warm-up call each).
 2. The sweep: 6 criteria x 20 rates of the shipped ``resnet_digits`` on the
-   digits test split, as one compiled program (``pruning.sweep_accuracy``)
+   digits test split, as one compiled program (``prune.sweep_accuracy``)
    against 120 separate evaluations, each of a model whose pruned filters are
    baked in (as the reference zeroes weights and evaluates, once per rate).
 """
@@ -26,8 +26,9 @@ import torch  # pylint: disable=g-import-not-at-top
 import torchvision  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from pxp_jax import (checkpoints, composites, convert, criteria, data,  # pylint: disable=g-import-not-at-top
-                     pruning, structure)
+from pxp_jax import (checkpoints, composites, convert, data, prune,  # pylint: disable=g-import-not-at-top
+                     structure)
+from pxp_jax.prune import criteria  # pylint: disable=g-import-not-at-top
 
 _SAMPLES = flags.DEFINE_integer('samples', 32, 'Reference samples.')
 _BATCH = flags.DEFINE_integer('batch', 16, 'pxp_jax batch size.')
@@ -78,13 +79,12 @@ def _collection(samples, batch):
   reference = _reference_collection(
       torch_model, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
       torch.from_numpy(labels))
-  units = pruning.prunable(structure.trace(model, variables, x[:1].shape),
-                           'filters')
-  composite = composites.epsilon_plus()
-  run = lambda: criteria.score('lrp', model, variables, x, labels, units,  # noqa: E731
-                               composite=composite, batch_size=batch)
-  criteria.score('lrp', model, variables, x[:batch], labels[:batch], units,
-                 composite=composite, batch_size=batch)  # compile
+  units = structure.trace(model, variables, x[:1].shape).units('filters')
+  lrp = criteria.get('lrp', composite=composites.epsilon_plus())
+  run = lambda: lrp.score(model, variables, x, labels, units,  # noqa: E731
+                          batch_size=batch)
+  lrp.score(model, variables, x[:batch], labels[:batch], units,
+            batch_size=batch)  # compile
   start = time.perf_counter()
   run()
   ours = samples / (time.perf_counter() - start)
@@ -98,17 +98,16 @@ def _sweep(data_dir):
   test = data.load('digits', 'test', data_dir=data_dir)
   images, labels = data.as_arrays(test, preprocess)
   found = structure.trace(model, variables, images[:1].shape)
-  units = pruning.prunable(found, 'filters')
+  units = found.units('filters')
   rng = np.random.default_rng(0)
   per_criterion = {
-      f'c{c}': pruning.masks({k: rng.random(n) for k, n in
-                              pruning.sizes(units).items()},
-                             pruning.DEFAULT_RATES) for c in range(6)}
-  stacked = pruning.stack(per_criterion)
+      f'c{c}': prune.masks({k: rng.random(u.size) for k, u in units.items()},
+                           prune.DEFAULT_RATES) for c in range(6)}
+  stacked = prune.stack(per_criterion)
   batches = [dict(image=images, label=labels)]
 
   start = time.perf_counter()
-  swept = pruning.sweep_accuracy(model, variables, batches, stacked, 10)
+  swept = prune.sweep_accuracy(model, variables, batches, stacked, 10)
   one_program = time.perf_counter() - start
 
   start = time.perf_counter()
@@ -116,7 +115,7 @@ def _sweep(data_dir):
   for row in range(len(swept)):
     masks = {k: np.asarray(v[row]) for k, v in stacked.items()}
     # The masks are constants of each program, as pruned weights are.
-    predict = jax.jit(lambda x, m=masks: jnp.argmax(pruning.masked_apply(
+    predict = jax.jit(lambda x, m=masks: jnp.argmax(prune.masked_apply(
         model, variables, x, {k: jnp.asarray(v) for k, v in m.items()},
         found), -1))
     separate.append(np.mean(np.asarray(predict(images)) == labels))
@@ -132,7 +131,7 @@ def main(argv):
   print('| relevance collection, ResNet-18 224x224, EpsilonPlus | images/s |')
   print('|---|---|')
   print(f'| reference procedure (zennit, batch 1 per sample) | {reference:.2f} |')
-  print(f'| pxp_jax criteria.score, batch {_BATCH.value} | {ours:.2f} |')
+  print(f'| pxp_jax LRP criterion, batch {_BATCH.value} | {ours:.2f} |')
   print(f'| ratio | {ours / reference:.2f}x |')
   one, separate, rows = _sweep(_DATA_DIR.value)
   print()
