@@ -18,7 +18,7 @@ import numpy as np
 from pxp_jax import models
 from pxp_jax.convert.assemble import Plan, assemble
 from pxp_jax.convert.reading import read_checkpoint
-from pxp_jax.models import vit
+from pxp_jax.models import spec as spec_lib, vit
 
 # flax (collection, leaf) -> torch parameter or buffer name
 _TORCH_LEAF = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
@@ -48,32 +48,6 @@ def _torch_layout(w):
 def _ignore_torch(name: str) -> bool:
   """Whether a checkpoint name may be left unused (BatchNorm's counter)."""
   return name.endswith('num_batches_tracked')  # a counter, not a weight
-
-
-# timm's ViT names -> torchvision's VisionTransformer names
-_LAYER = r'encoder.layers.encoder_layer_\1.'
-_TORCHVISION_VIT_NAMES = [
-    (r'^patch_embed\.proj\.', 'conv_proj.'),
-    (r'^cls_token$', 'class_token'),
-    (r'^pos_embed$', 'encoder.pos_embedding'),
-    (r'^blocks\.(\d+)\.norm1\.', _LAYER + 'ln_1.'),
-    (r'^blocks\.(\d+)\.attn\.qkv\.', _LAYER + 'self_attention.in_proj_'),
-    (r'^blocks\.(\d+)\.attn\.proj\.', _LAYER + 'self_attention.out_proj.'),
-    (r'^blocks\.(\d+)\.norm2\.', _LAYER + 'ln_2.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', _LAYER + 'mlp.0.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', _LAYER + 'mlp.3.'),
-    (r'^norm\.', 'encoder.ln.'),
-    (r'^head\.', 'heads.head.'),
-]
-
-
-def _torchvision_vit_name(name: str) -> str:
-  """torchvision's ViT name for timm's ``name`` (others unchanged)."""
-  for pattern, repl in _TORCHVISION_VIT_NAMES:
-    name, n = re.subn(pattern, repl, name)
-    if n:
-      return name
-  return name
 
 
 # torchvision's constructors: (patch_size, depth, num_heads, width, mlp_dim)
@@ -125,6 +99,14 @@ def _vit_from_torch(arrays, sizes, overrides, name_of) -> vit.ViT:
   return vit.ViT(**config)
 
 
+def _torch_layout_names() -> list[str]:
+  """Registered models whose family spec reads torchvision's names as ours
+  (ResNets, VGGs)."""
+  return [n for n in models.names()
+          if models.spec_for(models.create(n)).checkpoint_names.get(
+              'torchvision') is spec_lib.same_names]
+
+
 def from_torchvision(name: str, state_dict, **overrides):
   """Converts a torchvision ResNet, VGG or ViT checkpoint.
 
@@ -164,16 +146,16 @@ def from_torchvision(name: str, state_dict, **overrides):
     arrays = {re.sub(r'\.mlp\.linear_(\d)\.',
                      lambda m: f'.mlp.{3 * (int(m[1]) - 1)}.', k): v
               for k, v in arrays.items()}
-    model = _vit_from_torch(arrays, sizes, overrides, _torchvision_vit_name)
-    plan = _torch_plan(_torchvision_vit_name)
-  elif name.startswith(('resnet', 'vgg')) and name in models.names():
-    head = 'fc.weight' if name.startswith('resnet') else 'classifier.6.weight'
+    model = _vit_from_torch(arrays, sizes, overrides, vit.SPEC.checkpoint_names["torchvision"])
+    plan = _torch_plan(vit.SPEC.checkpoint_names["torchvision"])
+  elif name in _torch_layout_names():
+    spec = models.spec_for(models.create(name))
+    head = f'{spec.classifier}.weight'
     if 'num_classes' not in overrides and head in arrays:
       overrides = {**overrides, 'num_classes': arrays[head].shape[0]}
     model, plan = models.create(name, **overrides), _torch_plan()
   else:
-    known = sorted({*_TORCHVISION_VITS, 'vit', *(
-        n for n in models.names() if n.startswith(('resnet', 'vgg')))})
+    known = sorted({*_TORCHVISION_VITS, 'vit', *_torch_layout_names()})
     raise ValueError(f'unknown torchvision model {name!r}; known: '
                      f'{", ".join(known)}')
   return model, assemble(model, arrays, plan, _ignore_torch)

@@ -122,4 +122,6 @@ class ResNet(nn.Module):
 
 
 
-SPEC = spec.register(spec.Spec('resnet', ResNet, transformer=False))
+SPEC = spec.register(spec.Spec(
+    'resnet', ResNet, transformer=False, classifier='fc',
+    checkpoint_names={'torchvision': spec.same_names}))

@@ -84,8 +84,9 @@ class Spec:
     head_weights: ``(flat params, heads Unit, structure) -> (heads,)`` L1
       norms of each head's weights.
     input_range: the range of raw pixel values before normalisation.
+    classifier: the output layer's module path.
     checkpoint_names: source (``'torchvision'``, ...) -> a function from our
-      parameter names to that source's.
+      parameter names to that source's (``same_names`` where they agree).
   """
 
   name: str
@@ -94,6 +95,7 @@ class Spec:
   layer_groups: GroupFn = groups_by_order
   head_weights: Callable = heads_of_projections
   input_range: tuple[float, float] = (0.0, 1.0)
+  classifier: str = ''
   checkpoint_names: Mapping[str, Callable[[str], str]] = dataclasses.field(
       default_factory=dict)
 
@@ -126,6 +128,11 @@ class Spec:
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     low, high = self.input_range
     return (low - mean) / std, (high - mean) / std
+
+
+def same_names(name: str) -> str:
+  """Checkpoint names that are ours (torchvision's ResNets and VGGs)."""
+  return name
 
 
 GENERIC = Spec('flax')

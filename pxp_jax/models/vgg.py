@@ -90,4 +90,6 @@ class VGG(nn.Module):
     return Classifier(self.hidden, self.num_classes, name='classifier')(x)
 
 
-SPEC = spec.register(spec.Spec('vgg', VGG, transformer=False))
+SPEC = spec.register(spec.Spec(
+    'vgg', VGG, transformer=False, classifier='classifier.6',
+    checkpoint_names={'torchvision': spec.same_names}))

@@ -179,6 +179,34 @@ def _fused_qkv_heads(params, unit, found) -> np.ndarray:
   return kernel.reshape(kernel.shape[0], 3, unit.size, -1).sum(axis=(0, 1, 3))
 
 
-SPEC = spec.register(spec.Spec('vit', ViT, transformer=True,
-                               layer_groups=_layer_groups,
-                               head_weights=_fused_qkv_heads))
+# timm's names (ours) -> torchvision's VisionTransformer names
+_LAYER = r'encoder.layers.encoder_layer_\1.'
+_TORCHVISION_NAMES = [
+    (r'^patch_embed\.proj\.', 'conv_proj.'),
+    (r'^cls_token$', 'class_token'),
+    (r'^pos_embed$', 'encoder.pos_embedding'),
+    (r'^blocks\.(\d+)\.norm1\.', _LAYER + 'ln_1.'),
+    (r'^blocks\.(\d+)\.attn\.qkv\.', _LAYER + 'self_attention.in_proj_'),
+    (r'^blocks\.(\d+)\.attn\.proj\.', _LAYER + 'self_attention.out_proj.'),
+    (r'^blocks\.(\d+)\.norm2\.', _LAYER + 'ln_2.'),
+    (r'^blocks\.(\d+)\.mlp\.fc1\.', _LAYER + 'mlp.0.'),
+    (r'^blocks\.(\d+)\.mlp\.fc2\.', _LAYER + 'mlp.3.'),
+    (r'^norm\.', 'encoder.ln.'),
+    (r'^head\.', 'heads.head.'),
+]
+
+
+def _torchvision_name(name: str) -> str:
+  """torchvision's ViT name for our (timm's) ``name`` (others unchanged)."""
+  for pattern, repl in _TORCHVISION_NAMES:
+    name, n = re.subn(pattern, repl, name)
+    if n:
+      return name
+  return name
+
+
+SPEC = spec.register(spec.Spec(
+    'vit', ViT, transformer=True, layer_groups=_layer_groups,
+    head_weights=_fused_qkv_heads, classifier='head',
+    checkpoint_names={'torchvision': _torchvision_name,
+                      'timm': spec.same_names}))
