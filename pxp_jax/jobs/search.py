@@ -76,7 +76,7 @@ def composite_from_params(params: dict[str, Any], space,
         params[f'{group}.rule'], eps=params[f'{group}.eps'],
         gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0)
   boundaries = tuple(space.boundaries)
-  if preset == 'vit_groups':
+  if 'attention' in params:  # a transformer's attention rule
     chosen['attention'] = params['attention']
   return composites.get(preset, **chosen, boundaries=boundaries)
 
@@ -105,7 +105,7 @@ class _Problem:
       self.task.references(n)
     self.task.references()
     self.preset = self.task.spec.pruning_composite(self.task.found)
-    self.transformer = self.preset == 'vit_groups'
+    self.transformer = self.task.spec.is_transformer(self.task.found)
     self.rates = list(config.rates)
 
   def scores(self, criterion, composite=None, signed=False, seed=0,
