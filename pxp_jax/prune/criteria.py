@@ -114,43 +114,36 @@ class Weight(Criterion):
     return out
 
 
+class _AtTheUnits(Criterion):
+  """Criteria from the label logit's gradient at the units' sites."""
+
+  def score(self, model, variables, images, labels, units, *,
+            batch_size=32):
+    run = _sensitivity(model, variables, units, self.name,
+                       getattr(self, 'steps', 0))
+    return _summed(run, images, labels, units, batch_size, np.abs, self.name)
+
+
 @dataclasses.dataclass(frozen=True)
-class Gradient(Criterion):
+class Gradient(_AtTheUnits):
   """|mean over positions of the label logit's gradient at the unit|."""
 
   name: ClassVar[str] = 'gradient'
 
-  def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
-    return _summed(_sensitivity(model, variables, units, 'gradient', 0),
-                   images, labels, units, batch_size, np.abs, self.name)
-
 
 @dataclasses.dataclass(frozen=True)
-class Taylor(Criterion):
+class Taylor(_AtTheUnits):
   """|mean over positions of activation x gradient| (Molchanov et al.)."""
 
   name: ClassVar[str] = 'taylor'
 
-  def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
-    return _summed(_sensitivity(model, variables, units, 'taylor', 0),
-                   images, labels, units, batch_size, np.abs, self.name)
-
 
 @dataclasses.dataclass(frozen=True)
-class IntegratedGradients(Criterion):
+class IntegratedGradients(_AtTheUnits):
   """Unit conductance from a zero input with ``steps`` path points."""
 
   steps: int = 16
   name: ClassVar[str] = 'integrated_gradients'
-
-  def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
-    return _summed(
-        _sensitivity(model, variables, units, 'integrated_gradients',
-                     self.steps),
-        images, labels, units, batch_size, np.abs, self.name)
 
 
 REGISTRY: dict[str, type[Criterion]] = {
