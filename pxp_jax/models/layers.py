@@ -256,7 +256,7 @@ def _space_to_depth_conv(x, kernel, stride, pads, precision):
 class Conv(nn.Conv):
   """flax's Conv that also adds a ``bias`` found in its variables when it was
   built without one: folding a BatchNorm into a bias-free conv
-  (``pxp_jax.canonize``) gives it a bias, and the model keeps working.
+  (``pxp_jax.lrp.canonize``) gives it a bias, and the model keeps working.
   Its convolution is ``conv_general_dilated`` above."""
 
   conv_general_dilated: Callable | None = conv_general_dilated
