@@ -20,6 +20,7 @@ tokens, ``(batch, heads, queries, keys)`` weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pxp_jax.models.kinds import Kind, kind_of
+from pxp_jax.models.kinds import Kind, is_transparent, kind_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +86,9 @@ def apply(model: nn.Module, variables, *args, taps: Sequence[Tap],
   def intercept(f, f_args, f_kwargs, context):
     module = context.module
     # Other methods, and a module's __call__ calling its superclass's, are
-    # part of the call already handed to the taps.
-    if context.method_name != '__call__' or (active and active[-1] is module):
+    # part of the call already handed to the taps; dropout is the identity.
+    if (context.method_name != '__call__' or (active and active[-1] is module)
+        or is_transparent(module)):
       return f(*f_args, **f_kwargs)
     call = Call('.'.join(module.path), kind_of(module), module, f_args,
                 f_kwargs)
@@ -127,23 +129,38 @@ def _opened_attention(call: Call, f, dispatch):
         'up for LRP; use the default nn.dot_product_attention')
 
   def attention_fn(query, key, value, mask=None, dropout_rate=0.0,
-                   deterministic=True, **unused):
+                   deterministic=True, precision=None,
+                   force_fp32_for_softmax=False, qk_attn_weights_einsum=None,
+                   attn_weights_value_einsum=None, module=None, **unused):
+    # flax passes only the keyword arguments named here (and ``module`` when
+    # the weights are sown).
     del unused
     if dropout_rate > 0 and not deterministic:
       raise NotImplementedError(f'{call.path}: attention dropout at '
                                 'evaluation; pass deterministic=True')
+    if qk_attn_weights_einsum or attn_weights_value_einsum:
+      raise NotImplementedError(
+          f'{call.path}: custom attention einsums (qk_attn_weights_einsum_cls,'
+          ' attn_weights_value_einsum_cls) cannot be opened up for LRP')
     # (B, T, H, D) -> (B, H, T, D)
     q, k, v = (jnp.swapaxes(a, -2, -3) for a in (query, key, value))
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # as flax scales
     kt = jnp.swapaxes(k, -1, -2)
+    matmul = functools.partial(jnp.matmul, precision=precision)
     part = lambda name, kind, fn, *a: dispatch(  # noqa: E731
         Call(f'{call.path}.{name}', kind, None, a, {}, fn), lambda: fn(*a))
-    scores = part('qk', Kind.QUERY_KEY, jnp.matmul, q, kt)
+    scores = part('qk', Kind.QUERY_KEY, matmul, q, kt)
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    weights = part('softmax', Kind.SOFTMAX,
-                   lambda s: jax.nn.softmax(s, axis=-1), scores)
-    out = part('av', Kind.ATTENTION_VALUE, jnp.matmul, weights, v)
+
+    def softmax(s):
+      if force_fp32_for_softmax and s.dtype != jnp.float32:
+        return jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(s.dtype)
+      return jax.nn.softmax(s, axis=-1)
+    weights = part('softmax', Kind.SOFTMAX, softmax, scores)
+    if module is not None:  # sow_weights=True: as flax sows them
+      module.sow('intermediates', 'attention_weights', weights)
+    out = part('av', Kind.ATTENTION_VALUE, matmul, weights, v)
     return jnp.swapaxes(out, -2, -3)  # back to (B, T, H, D)
 
   # The module is frozen; the swap lasts for this call only.

@@ -283,6 +283,13 @@ class _Context:
       return proceed()
     self.signed = not (call.args and self.signs.non_negative(call.args[0]))
     self.fixed_rule = None if self.fixed is None else self.fixed[entry]
+    if (self.fixed_rule is not None and call.args[0] is not self.inputs
+        and linear_rules.definition(self.fixed_rule).input_space):
+      raise ValueError(
+          f'{call.path} takes the input-space rule '
+          f'{linear_rules.definition(self.fixed_rule).name!r}, but its input '
+          'is not the model input (preprocessing inside the model?); such a '
+          'rule needs the raw input: give this layer another rule')
     return self.composite.rules[entry].apply(call, proceed, self)
 
 

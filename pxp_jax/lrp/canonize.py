@@ -54,8 +54,10 @@ def fold_batch_norms(variables, folds: Mapping[str, str],
   stats = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(variables.get('batch_stats', {})), sep='.')
   for bn, layer in folds.items():
-    gamma, shift = params[f'{bn}.scale'], params[f'{bn}.bias']
     mean, var = stats[f'{bn}.mean'], stats[f'{bn}.var']
+    # use_scale=False / use_bias=False: a unit scale, a zero shift
+    gamma = params.get(f'{bn}.scale', jnp.ones_like(mean))
+    shift = params.get(f'{bn}.bias', jnp.zeros_like(mean))
     eps = epsilons[bn]
     scale = gamma * jnp.reciprocal(jnp.sqrt(var + eps))
     kernel = params[f'{layer}.kernel']
@@ -64,8 +66,10 @@ def fold_batch_norms(variables, folds: Mapping[str, str],
     params[f'{layer}.bias'] = (bias - mean) * scale + shift
     # The identity: scale * rsqrt(var + eps) == 1 with var = 1 - eps, up to
     # one rounding.
-    params[f'{bn}.scale'] = jnp.ones_like(gamma)
-    params[f'{bn}.bias'] = jnp.zeros_like(shift)
+    for leaf, value in (('scale', jnp.ones_like(gamma)),
+                        ('bias', jnp.zeros_like(shift))):
+      if f'{bn}.{leaf}' in params:
+        params[f'{bn}.{leaf}'] = value
     stats[f'{bn}.mean'] = jnp.zeros_like(mean)
     stats[f'{bn}.var'] = jnp.full_like(var, 1 - eps)
   out = dict(variables)

@@ -28,21 +28,25 @@ class Definition:
   """A registered linear rule: ``backward(layer, kernel, bias, rule, R)``
   returns ``(R_x, cotangent of x)``; ``hyperparameters`` are the fields of
   ``LinearRule`` it reads (its JSON form); ``searchable`` puts it among the
-  rules a search over composites chooses from."""
+  rules a search over composites chooses from; ``input_space`` rules (ZBox,
+  Flat, WSquare) give relevance that is not ``x * cotangent`` and so apply
+  to the layer that reads the model input only."""
 
   name: str
   backward: Callable
   hyperparameters: tuple[str, ...]
   searchable: bool
+  input_space: bool
 
 
 _REGISTRY: dict[str, Definition] = {}
 
 
 def _register(name: str, hyperparameters: tuple[str, ...],
-              searchable: bool = False):
+              searchable: bool = False, input_space: bool = False):
   def register(backward):
-    _REGISTRY[name] = Definition(name, backward, hyperparameters, searchable)
+    _REGISTRY[name] = Definition(name, backward, hyperparameters, searchable,
+                                 input_space)
     return backward
   return register
 
@@ -352,7 +356,7 @@ def _gamma(layer, kernel, bias, rule, relevance):
       layer.back_signed([(wgp, wgn), (wgn, wgp)], [sp, sn]))
 
 
-@_register('zbox', ('low', 'high', 'eps'))
+@_register('zbox', ('low', 'high', 'eps'), input_space=True)
 def _zbox(layer, kernel, bias, rule, relevance):
   del bias  # it cancels: (b) - (b+) - (b-) = 0, as in zennit
   x = layer.x
@@ -375,13 +379,13 @@ def _square(layer, w, b, relevance, eps):
   return layer.from_relevance(layer.back([w], [s]))
 
 
-@_register('flat', ('eps',))
+@_register('flat', ('eps',), input_space=True)
 def _flat(layer, kernel, bias, rule, relevance):
   del bias
   return _square(layer, jnp.ones_like(kernel), 0, relevance, rule.eps)
 
 
-@_register('wsquare', ('eps', 'zero_bias'))
+@_register('wsquare', ('eps', 'zero_bias'), input_space=True)
 def _wsquare(layer, kernel, bias, rule, relevance):
   return _square(layer, kernel**2, _keep(rule, layer.x.dtype) * bias**2,
                  relevance, rule.eps)
@@ -419,6 +423,32 @@ def _apply_to_module(call, rule: LinearRule, context):
   def apply(a, k):  # the layer's map for any in/out width of the kernel
     return bare.clone(features=k.shape[-1]).apply({'params': {'kernel': k}},
                                                   a)
+  if getattr(module, 'batch_group_count', 1) != 1:
+    raise NotImplementedError(
+        f'{call.path}: a conv with batch_group_count '
+        f'{module.batch_group_count} has no LRP rule here')
+  groups = getattr(module, 'feature_group_count', 1)
+  if groups != 1:
+    # A grouped conv (e.g. depthwise): the rules' products stack inputs along
+    # the channels ([x+, x-], [x, low, high]) with kernels stacked along
+    # their input axis (summed), and kernels along the output axis (outputs
+    # stacked likewise); one conv over such stacks would mix the groups, so
+    # each pair is its own conv.
+    width, features, per_group = (x.shape[-1], kernel.shape[-1],
+                                  x.shape[-1] // groups)
+
+    def apply(a, k):  # pylint: disable=function-redefined
+      outputs = []
+      for j in range(k.shape[-1] // features):
+        kj = k[..., j * features:(j + 1) * features]
+        total = 0
+        for i in range(a.shape[-1] // width):
+          total = total + bare.apply(
+              {'params': {'kernel': kj[..., i * per_group:(i + 1) * per_group,
+                                       :]}},
+              a[..., i * width:(i + 1) * width])
+        outputs.append(total)
+      return jnp.concatenate(outputs, axis=-1)
   if bias is None:
     bias = jnp.zeros((kernel.shape[-1],), x.dtype)
   return linear(apply, x, kernel, bias, rule, probe, context.fixed_rule,

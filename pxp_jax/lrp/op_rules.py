@@ -15,6 +15,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pxp_jax.lrp.linear_rules import stabilize
 
@@ -36,7 +37,7 @@ class _OpRule:
 
   def to_json(self) -> dict:
     return {'rule': self.rule_name, **{
-        f.name: jax.device_get(getattr(self, f.name)).tolist()
+        f.name: np.asarray(jax.device_get(getattr(self, f.name))).tolist()
         for f in dataclasses.fields(self)}}
 
   def as_arrays(self):
@@ -104,6 +105,11 @@ class LayerNormIdentity(_OpRule):
   def apply(self, call, proceed, context):
     del proceed, context
     module = call.module
+    if module.reduction_axes not in (-1, (-1,)) or module.feature_axes not in (
+        -1, (-1,)):
+      raise NotImplementedError(
+          f'{call.path}: LayerNorm over axes {module.reduction_axes} (features '
+          f'{module.feature_axes}) has no LRP rule here; only the last axis')
     return layer_norm(call.args[0], call.params.get('scale'),
                       call.params.get('bias'), epsilon=module.epsilon,
                       eps=self.eps)

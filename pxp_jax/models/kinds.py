@@ -63,6 +63,17 @@ _TABLE: list[tuple[type, Kind]] = [
 ]
 
 
+# Modules that compute the identity whenever a model is explained or pruned
+# (dropout: attribution runs without a dropout rng, so a dropout that is not
+# deterministic fails in flax): their calls are no operations (no rule, no
+# unit, absent from a model's structure); the gradient passes them.
+TRANSPARENT: tuple[type, ...] = (nn.Dropout,)
+
+
+def is_transparent(module: nn.Module) -> bool:
+  return isinstance(module, TRANSPARENT)
+
+
 def kind_of(module: nn.Module) -> Kind | None:
   """The kind of ``module``, or None for containers and unknown modules."""
   for cls, kind in _TABLE:
