@@ -70,13 +70,17 @@ def test_vgg_paths_mirror_torchvision():
 def test_vit_attention_parts_are_named_modules():
   seen = _called_paths('vit_tiny')
   expected = {'patch_embed.proj': 'Conv', 'blocks.1.norm1': 'LayerNorm',
-              'blocks.1.attn.qkv': 'Dense', 'blocks.1.attn.qk': 'MatMul',
-              'blocks.1.attn.softmax': 'Softmax', 'blocks.1.attn.av': 'MatMul',
+              'blocks.1.attn.qkv': 'Dense', 'blocks.1.attn.qk': 'QueryKey',
+              'blocks.1.attn.softmax': 'Softmax',
+              'blocks.1.attn.av': 'AttentionValue',
               'blocks.1.attn.proj': 'Dense', 'blocks.1.residual1': 'Sum',
               'blocks.1.mlp.fc1': 'Dense', 'blocks.1.mlp.act': 'GELU',
               'blocks.1.mlp.fc2': 'Dense', 'blocks.1.residual2': 'Sum',
               'norm': 'LayerNorm', 'head': 'Dense'}
   assert {k: seen.get(k) for k in expected} == expected
+  # The two attention products are matrix products of two activations.
+  assert issubclass(layers.QueryKey, layers.MatMul)
+  assert issubclass(layers.AttentionValue, layers.MatMul)
 
 
 def test_resnet_parameter_counts_match_torchvision():

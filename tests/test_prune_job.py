@@ -5,7 +5,8 @@ import json
 import pytest
 
 from experiments.configs import prune as prune_configs
-from pxp_jax import criteria, experiment
+from pxp_jax.jobs import prune
+from pxp_jax.prune import criteria
 
 
 def _config(digits_dir, **changes):
@@ -18,7 +19,7 @@ def _config(digits_dir, **changes):
 
 def test_job_writes_results_and_reuses_its_scores(digits_dir, tmp_path,
                                                   monkeypatch, capsys):
-  results = experiment.prune(_config(digits_dir), tmp_path)
+  results = prune.prune(_config(digits_dir), tmp_path)
   printed = capsys.readouterr().out
   assert 'A_PR' in printed and 'integrated_gradients' in printed
   written = json.loads((tmp_path / 'results.json').read_text())
@@ -32,16 +33,17 @@ def test_job_writes_results_and_reuses_its_scores(digits_dir, tmp_path,
   for name in ('results.csv', 'curve.png', 'heatmaps.png'):
     assert (tmp_path / name).stat().st_size > 100
   # The same config again: the saved scores are reused, nothing is recomputed.
-  monkeypatch.setattr(criteria, 'score', lambda *a, **k: pytest.fail(
-      'scores were recomputed'))
-  again = experiment.prune(_config(digits_dir), tmp_path)
+  for criterion in criteria.REGISTRY.values():
+    monkeypatch.setattr(criterion, 'score', lambda *a, **k: pytest.fail(
+        'scores were recomputed'))
+  again = prune.prune(_config(digits_dir), tmp_path)
   assert again['criteria'] == results['criteria']
 
 
 def test_job_refuses_a_workdir_of_another_config(digits_dir, tmp_path):
-  experiment.prune(_config(digits_dir, criteria=('weight',)), tmp_path)
+  prune.prune(_config(digits_dir, criteria=('weight',)), tmp_path)
   before = (tmp_path / 'results.json').read_text()
   with pytest.raises(ValueError, match='different config.*units'):
-    experiment.prune(_config(digits_dir, criteria=('weight',),
-                             units='neurons'), tmp_path)
+    prune.prune(_config(digits_dir, criteria=('weight',),
+                        units='neurons'), tmp_path)
   assert (tmp_path / 'results.json').read_text() == before

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxp_jax import criteria, models, pruning, structure
+from pxp_jax import models, prune, structure
+from pxp_jax.prune import criteria
 
 
 def _setup(name='resnet_tiny'):
@@ -24,7 +25,7 @@ def test_masks_prune_int_n_rate_units_nested(per_layer):
   rng = np.random.default_rng(0)
   scores = {'a': rng.random(7), 'b': rng.random(13), 'c': rng.random(4)}
   rates = [0.0, 0.1, 0.25, 0.5, 0.9]
-  out = pruning.masks(scores, rates, per_layer=per_layer)
+  out = prune.masks(scores, rates, per_layer=per_layer)
   for r, rate in enumerate(rates):
     if per_layer:
       for k, s in scores.items():
@@ -41,7 +42,7 @@ def test_masks_prune_int_n_rate_units_nested(per_layer):
 
 def test_keep_one_never_empties_a_layer():
   scores = {'small': np.array([0.0, 0.1]), 'big': np.arange(10.0) + 1}
-  out = pruning.masks(scores, [0.5, 0.9], keep_one=True)
+  out = prune.masks(scores, [0.5, 0.9], keep_one=True)
   assert np.all(np.asarray(out['small']).sum(-1) >= 1)
   assert np.all(np.asarray(out['big']).sum(-1) >= 1)
   assert (1 - np.asarray(out['small'][1])).sum() + (
@@ -50,42 +51,42 @@ def test_keep_one_never_empties_a_layer():
 
 def test_bad_rates_units_and_criteria_are_clear_errors():
   with pytest.raises(ValueError, match=r'rates must lie in \[0, 1\)'):
-    pruning.masks({'a': np.ones(3)}, [0.5, 1.0])
+    prune.masks({'a': np.ones(3)}, [0.5, 1.0])
   _, _, _, found = _setup()
   with pytest.raises(ValueError, match='unknown unit type'):
-    pruning.prunable(found, 'channels')
+    found.units('channels')
   with pytest.raises(ValueError, match='no heads to prune'):
-    pruning.prunable(found, 'heads')
+    found.units('heads')
   with pytest.raises(ValueError, match='unknown criterion'):
-    criteria.score('magnitude', None, None, None, None, {})
+    criteria.get('magnitude')
 
 
 def test_all_ones_mask_is_the_unpruned_model_and_zero_silences_units():
   model, variables, x, found = _setup()
-  units = pruning.prunable(found, 'filters')
-  ones = {k: jnp.ones(n) for k, n in pruning.sizes(units).items()}
+  units = found.units('filters')
+  ones = {k: jnp.ones(u.size) for k, u in units.items()}
   np.testing.assert_array_equal(
-      pruning.masked_apply(model, variables, x, ones),
+      prune.masked_apply(model, variables, x, ones),
       model.apply(variables, x))
   # Pruning every filter of the first conv silences the whole input path:
   # the logits no longer depend on the input.
   zero_first = dict(ones, conv1=jnp.zeros_like(ones['conv1']))
-  logits = pruning.masked_apply(model, variables, x, zero_first)
+  logits = prune.masked_apply(model, variables, x, zero_first)
   np.testing.assert_allclose(logits, logits[:1].repeat(len(x), 0), atol=1e-5)
 
 
 def test_heads_and_neurons_masks_act_on_a_vit():
   model, variables, x, found = _setup('vit_tiny')
-  heads = pruning.prunable(found, 'heads')
+  heads = found.units('heads')
   assert set(heads) == {'blocks.0.attn', 'blocks.1.attn'}
-  neurons = pruning.prunable(found, 'neurons')
+  neurons = found.units('neurons')
   assert set(neurons) == {f'blocks.{i}.mlp.fc{j}' for i in (0, 1)
                           for j in (1, 2)}
   ones = {k: jnp.ones(2) for k in heads}
-  base = pruning.masked_apply(model, variables, x, ones)
+  base = prune.masked_apply(model, variables, x, ones)
   np.testing.assert_array_equal(base, model.apply(variables, x))
   one_off = dict(ones, **{'blocks.1.attn': jnp.array([1.0, 0.0])})
-  assert not np.allclose(pruning.masked_apply(model, variables, x, one_off),
+  assert not np.allclose(prune.masked_apply(model, variables, x, one_off),
                          base)
 
 
@@ -95,26 +96,26 @@ def test_a_whole_sweep_is_one_compiled_program(monkeypatch):
   monkeypatch.setattr(structure, 'trace',
                       lambda *a, **k: traces.append(1) or original(*a, **k))
   model, variables, x, found = _setup()
-  units = pruning.prunable(found, 'filters')
+  units = found.units('filters')
   rng = np.random.default_rng(0)
   per_criterion = {
-      c: pruning.masks({k: rng.random(n) for k, n in
-                        pruning.sizes(units).items()}, pruning.DEFAULT_RATES)
+      c: prune.masks({k: rng.random(u.size) for k, u in units.items()},
+                     prune.DEFAULT_RATES)
       for c in ('a', 'b', 'c')}
-  stacked = pruning.stack(per_criterion)
+  stacked = prune.stack(per_criterion)
   labels = np.arange(6) % 10
-  run = pruning.sweep_correct(model)
+  run = prune.sweep_correct(model)
   traces.clear()
   batches = [dict(image=x[:3], label=labels[:3]),
              dict(image=x[3:], label=labels[3:])]
-  first = pruning.sweep_accuracy(model, variables, batches, stacked, 10,
-                                 run=run)
-  again = pruning.sweep_accuracy(model, variables, batches, pruning.stack(
+  first = prune.sweep_accuracy(model, variables, batches, stacked, 10,
+                               run=run)
+  again = prune.sweep_accuracy(model, variables, batches, prune.stack(
       {c: {k: 1 - v for k, v in m.items()} for c, m in per_criterion.items()}),
-                                 10, run=run)
+                               10, run=run)
   assert len(traces) == 1  # 60 masked models x 2 batches x 2 sweeps, 1 trace
   assert first.shape == again.shape == (60,)
-  expected = [np.mean(np.argmax(pruning.masked_apply(
+  expected = [np.mean(np.argmax(prune.masked_apply(
       model, variables, x, {k: v[i] for k, v in stacked.items()}), -1)
                       == labels) for i in (0, 7, 45)]
   np.testing.assert_allclose(first[[0, 7, 45]], expected)
@@ -122,7 +123,7 @@ def test_a_whole_sweep_is_one_compiled_program(monkeypatch):
 
 def test_summary_metrics():
   rates = [0.0, 0.5, 0.9]
-  out = pruning.summarize(rates, [1.0, 0.96, 0.2], unpruned=1.0)
+  out = prune.summarize(rates, [1.0, 0.96, 0.2], unpruned=1.0)
   assert out['a_pr'] == pytest.approx((1.0 + 0.96 + 0.2) / 3)
   assert out['auc'] == pytest.approx(0.5 * (1.96 / 2) + 0.4 * (1.16 / 2))
   assert out['top_pr'] == 0.5
@@ -132,13 +133,14 @@ def test_summary_metrics():
 def test_every_criterion_scores_every_unit(criterion):
   from pxp_jax import composites  # pylint: disable=g-import-not-at-top
   model, variables, x, found = _setup()
-  units = pruning.prunable(found, 'filters')
-  scores = criteria.score(criterion, model, variables, np.asarray(x),
-                          np.arange(6) % 10, units,
-                          composite=composites.epsilon_plus(), batch_size=4,
-                          ig_steps=4)
+  units = found.units('filters')
+  options = {'lrp': dict(composite=composites.epsilon_plus()),
+             'integrated_gradients': dict(steps=4)}.get(criterion, {})
+  scores = criteria.get(criterion, **options).score(
+      model, variables, np.asarray(x), np.arange(6) % 10, units,
+      batch_size=4)
   assert {k: v.shape for k, v in scores.items()} == {
-      k: (n,) for k, n in pruning.sizes(units).items()}
+      k: (u.size,) for k, u in units.items()}
   assert all(np.all(np.isfinite(v)) and np.any(v != 0)
              for v in scores.values())
 
@@ -146,11 +148,11 @@ def test_every_criterion_scores_every_unit(criterion):
 def test_taylor_equals_activation_times_gradient():
   """Taylor and gradient against a direct computation at one conv."""
   model, variables, x, found = _setup()
-  units = {'layer1.0.conv1': pruning.prunable(found, 'filters')[
-      'layer1.0.conv1']}
+  units = {'layer1.0.conv1': found.units('filters')['layer1.0.conv1']}
   labels = np.arange(6) % 10
-  taylor = criteria.score('taylor', model, variables, np.asarray(x), labels,
-                          units, batch_size=6)['layer1.0.conv1']
+  taylor = criteria.get('taylor').score(model, variables, np.asarray(x),
+                                        labels, units,
+                                        batch_size=6)['layer1.0.conv1']
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   def logits_with(delta):
@@ -180,19 +182,18 @@ def test_taylor_equals_activation_times_gradient():
 
 
 def test_fine_tuning_keeps_pruned_units_pruned_and_recovers():
-  from pxp_jax import finetune  # pylint: disable=g-import-not-at-top
+  from pxp_jax.prune import finetune  # pylint: disable=g-import-not-at-top
   import itertools  # pylint: disable=g-import-not-at-top
   model, variables, x, found = _setup()
   labels = np.arange(6) % 3
-  units = pruning.prunable(found, 'filters')
+  units = found.units('filters')
   rng = np.random.default_rng(0)
-  masks = {k: m[0] for k, m in pruning.masks(
-      {k: rng.random(n) for k, n in pruning.sizes(units).items()},
-      [0.3]).items()}
+  masks = {k: m[0] for k, m in prune.masks(
+      {k: rng.random(u.size) for k, u in units.items()}, [0.3]).items()}
   batches = itertools.repeat(dict(image=x, label=labels))
 
   def loss(v):
-    logits = pruning.masked_apply(model, v, x, masks)
+    logits = prune.masked_apply(model, v, x, masks)
     return float(-jnp.mean(jax.nn.log_softmax(logits)[np.arange(6), labels]))
 
   tuned = finetune.fine_tune(model, variables, masks, batches, steps=30,

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxp_jax import composites, models, relevance, rules, structure
+import pxp_jax
+from pxp_jax import composites, models, rules, structure
+from pxp_jax.lrp import attribution
+from pxp_jax.models.kinds import Kind
 
 
 def _model(name, dtype=jnp.float32, seed=0):
@@ -41,9 +44,9 @@ def _float64(x64):
 @pytest.mark.parametrize('name', ['resnet_tiny', 'vgg_tiny'])
 def test_cnn_conserves_relevance_end_to_end(name):
   model, variables, x = _model(name, jnp.float64)
-  result = relevance.attribute(model, variables, x, jnp.array([3, 7]),
-                               _epsilon_everywhere(1e-12))
-  totals = relevance.conservation(result)
+  result = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
+                             _epsilon_everywhere(1e-12))
+  totals = attribution.conservation(result)
   np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-6)
   if name == 'vgg_tiny':  # a chain: every layer holds all the relevance
     for path in structure.trace(model, variables, x.shape).units():
@@ -58,9 +61,9 @@ def test_vit_conserves_relevance_with_cp_lrp():
   (which absorb relevance) are zero; AttnLRP's softmax rule is not."""
   model, variables, x = _model('vit_tiny', jnp.float64)
   variables = _zero(variables, {'bias', 'cls_token', 'pos_embed'})
-  result = relevance.attribute(model, variables, x, jnp.array([3, 7]),
-                               composites.cp_lrp(eps=1e-12))
-  totals = relevance.conservation(result)
+  result = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
+                             composites.cp_lrp(eps=1e-12))
+  totals = attribution.conservation(result)
   np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-8)
   np.testing.assert_allclose(totals['head'], 1.0, rtol=1e-12)
 
@@ -69,10 +72,11 @@ def test_vit_conserves_relevance_with_cp_lrp():
 def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
     attention):
   model, variables, x = _model('vit_tiny', jnp.float64)
-  grouped = composites.vit_groups(depth=model.depth, attention=attention)
+  grouped = composites.vit_groups(attention=attention)
   found = structure.trace(model, variables, x.shape)
   groups = {path: grouped.names[entry]
-            for path, entry in relevance._plan(found, grouped).items()  # pylint: disable=protected-access
+            for path, entry in grouped.plan(found,
+                                            models.spec_for(model)).items()
             if grouped.names[entry] in ('low', 'middle', 'high', 'fc')}
   depth = model.depth
   for path, group in groups.items():
@@ -86,9 +90,9 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
                        'middle' if block < 2 * depth / 3 else 'high'), path
   # With Epsilon in every group it is the published composite.
   published = getattr(composites, attention)()
-  ours = relevance.attribute(model, variables, x, jnp.array([1, 2]), grouped)
-  reference = relevance.attribute(model, variables, x, jnp.array([1, 2]),
-                                  published)
+  ours = pxp_jax.attribute(model, variables, x, jnp.array([1, 2]), grouped)
+  reference = pxp_jax.attribute(model, variables, x, jnp.array([1, 2]),
+                                published)
   np.testing.assert_array_equal(ours.input, reference.input)
 
 
@@ -96,9 +100,9 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
 def test_units_alone_equal_the_full_attribution(name):
   model, variables, x = _model(name, jnp.float64)
   composite = composites.for_model(model)
-  full = relevance.attribute(model, variables, x, jnp.array([3, 7]), composite)
-  units = relevance.attribute(model, variables, x, jnp.array([3, 7]),
-                              composite, input_relevance=False)
+  full = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]), composite)
+  units = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
+                            composite, input_relevance=False)
   assert units.input is None
   for key, value in full.units.items():
     np.testing.assert_array_equal(units.units[key], value, err_msg=key)
@@ -106,19 +110,19 @@ def test_units_alone_equal_the_full_attribution(name):
 
 def test_units_cover_filters_neurons_and_heads():
   model, variables, x = _model('vit_tiny')
-  result = relevance.attribute(model, variables, x, jnp.array([0, 1]),
-                               composites.attn_lrp())
+  result = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
+                             composites.attn_lrp())
   assert result.units['blocks.1.attn'].shape == (2, 2)  # heads
   assert result.units['blocks.1.mlp.fc1'].shape == (2, 64)
   assert result.units['patch_embed.proj'].shape == (2, 32)
-  absolute = relevance.attribute(model, variables, x, jnp.array([0, 1]),
-                                 composites.attn_lrp(), absolute_tokens=True)
+  absolute = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
+                               composites.attn_lrp(), absolute_tokens=True)
   signed, summed_abs = (result.units['blocks.1.mlp.fc1'],
                         absolute.units['blocks.1.mlp.fc1'])
   assert np.all(summed_abs >= np.abs(signed) - 1e-6)
   model, variables, x = _model('resnet_tiny')
-  result = relevance.attribute(model, variables, x, jnp.array([0, 1]),
-                               composites.epsilon_plus())
+  result = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
+                             composites.epsilon_plus())
   assert result.units['layer2.0.downsample.0'].shape == (2, 16)
   assert result.input.shape == x.shape
 
@@ -145,14 +149,14 @@ def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
       base.with_rule('fc', rules.zplus()),
       base.with_rule('sum', composites.Norm(1e-3)),
   ]
-  outputs = [relevance.attribute(model, variables, x, targets, c,
-                                 dynamic_rules=True).input for c in variants]
+  outputs = [pxp_jax.attribute(model, variables, x, targets, c,
+                               dynamic_rules=True).input for c in variants]
   assert len(traces) == 1  # one trace for all seven variants
   for a, b in zip(outputs, outputs[1:]):  # and they really differ
     assert not np.allclose(a, b)
   # The default, fixed-rule programs give the same relevance.
   for composite, dynamic in zip(variants, outputs):
-    fixed = relevance.attribute(model, variables, x, targets, composite).input
+    fixed = pxp_jax.attribute(model, variables, x, targets, composite).input
     np.testing.assert_allclose(fixed, dynamic, rtol=1e-4,
                                atol=1e-5 * np.abs(dynamic).max())
 
@@ -166,10 +170,10 @@ def test_fixed_rules_recompile_only_for_a_new_rule(monkeypatch):
                     base.with_rule('conv', rules.gamma(1.0, eps=1e-4)),
                     base.with_rule('first', rules.zbox(-2.0, 2.5)),
                     base.with_rule('dense', rules.epsilon(0.2, True))]:
-    relevance.attribute(model, variables, x, targets, composite)
+    pxp_jax.attribute(model, variables, x, targets, composite)
   assert len(traces) == 1
-  relevance.attribute(model, variables, x, targets,
-                      base.with_rule('conv', rules.zplus()))
+  pxp_jax.attribute(model, variables, x, targets,
+                    base.with_rule('conv', rules.zplus()))
   assert len(traces) == 2
 
 
@@ -177,69 +181,90 @@ def test_bad_inputs_are_clear_errors():
   model, variables, x = _model('resnet_tiny')
   comp = composites.epsilon_plus()
   with pytest.raises(ValueError, match='NHWC'):
-    relevance.attribute(model, variables, x[0], jnp.array([0]), comp)
+    pxp_jax.attribute(model, variables, x[0], jnp.array([0]), comp)
   with pytest.raises(TypeError, match='float'):
-    relevance.attribute(model, variables, x.astype(jnp.int32),
-                        jnp.array([0, 1]), comp)
+    pxp_jax.attribute(model, variables, x.astype(jnp.int32),
+                      jnp.array([0, 1]), comp)
   with pytest.raises(ValueError, match='one class per input'):
-    relevance.attribute(model, variables, x, jnp.array([0]), comp)
+    pxp_jax.attribute(model, variables, x, jnp.array([0]), comp)
   with pytest.raises(ValueError, match=r'\[0, 1000\)'):
-    relevance.attribute(model, variables, x, jnp.array([0, 1000]), comp)
+    pxp_jax.attribute(model, variables, x, jnp.array([0, 1000]), comp)
   with pytest.raises(ValueError, match='unknown init'):
-    relevance.attribute(model, variables, x, jnp.array([0, 1]), comp,
-                        init='ones')
+    pxp_jax.attribute(model, variables, x, jnp.array([0, 1]), comp,
+                      init='ones')
   with pytest.raises(ValueError, match='unknown composite'):
     composites.get('epsilon_plus_plus')
   partial = composites.Composite.of([
-      ('conv', composites.Select(('Conv',)), rules.zplus())])
-  with pytest.raises(ValueError, match=r'no rule .*layer1\.0\.residual \(Sum\)'
-                     r'.*fc \(Dense\)'):
-    relevance.attribute(model, variables, x, jnp.array([0, 1]), partial)
+      ('conv', composites.Select((Kind.CONV,)), rules.zplus())])
+  with pytest.raises(ValueError, match=r'no rule .*layer1\.0\.residual \(sum\)'
+                     r'.*fc \(dense\)'):
+    pxp_jax.attribute(model, variables, x, jnp.array([0, 1]), partial)
 
+
+def test_fold_needs_the_batch_norm_canonizer_and_groups_follow_the_spec():
+  model, variables, x = _model('resnet_tiny')
+  preset = composites.epsilon_plus()
+  assert any(isinstance(c, composites.MergeBatchNorm)
+             for c in preset.canonizers)
+  unfolded = composites.Composite.of(
+      list(zip(preset.names, preset.selects, preset.rules)))
+  with pytest.raises(ValueError, match=r'BatchNorm bn1 takes the Fold rule '
+                     'but no canoniser of the composite folds it'):
+    pxp_jax.attribute(model, variables, x, jnp.array([0, 1]), unfolded)
+  # The layer groups of pxp_groups are the family spec's.
+  grouped = composites.pxp_groups()
+  found = structure.trace(model, variables, x.shape)
+  plan = grouped.plan(found, models.spec_for(model))
+  planned = {g: sorted(p for p, e in plan.items() if grouped.names[e] == g)
+             for g in composites.GROUPS}
+  assert planned == {g: sorted(paths) for g, paths in
+                     composites.layer_groups(model, found).items()}
+  assert planned['fc'] == ['fc'] and 'conv1' in planned['low']
 
 def test_zero_target_logit_is_reported():
   model = models.create('vit_tiny')  # a zero-initialised head: zero logits
   x = jnp.ones((1, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
   with pytest.raises(FloatingPointError, match='target logit is exactly 0'):
-    relevance.attribute(model, variables, x, jnp.array([0]),
-                        composites.attn_lrp())
+    pxp_jax.attribute(model, variables, x, jnp.array([0]),
+                      composites.attn_lrp())
 
 
 def test_zero_denominator_is_reported():
   model, variables, x = _model('vgg_tiny')
   with pytest.raises(FloatingPointError, match='NaN or infinite'):
-    relevance.attribute(model, variables, jnp.zeros_like(x),
-                        jnp.array([0, 1]), _epsilon_everywhere(0.0))
+    pxp_jax.attribute(model, variables, jnp.zeros_like(x),
+                      jnp.array([0, 1]), _epsilon_everywhere(0.0))
 
 
 def test_attribute_runs_under_jit_and_vmap():
   model, variables, x = _model('resnet_tiny')
   comp = composites.epsilon_plus()
-  direct = relevance.attribute(model, variables, x, jnp.array([0, 1]), comp)
-  jitted = jax.jit(lambda v, a, t, c: relevance.attribute(model, v, a, t, c))(
+  direct = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]), comp)
+  jitted = jax.jit(lambda v, a, t, c: pxp_jax.attribute(model, v, a, t, c))(
       variables, x, jnp.array([0, 1]), comp)
   np.testing.assert_allclose(jitted.input, direct.input, rtol=1e-5, atol=1e-7)
   per_sample = jax.vmap(
-      lambda a, t: relevance.attribute(model, variables, a[None], t[None],
-                                       comp).input[0])(x, jnp.array([0, 1]))
+      lambda a, t: pxp_jax.attribute(model, variables, a[None], t[None],
+                                     comp).input[0])(x, jnp.array([0, 1]))
   np.testing.assert_allclose(per_sample, direct.input, rtol=1e-4, atol=1e-6)
 
 
 _SHARDED = r'''
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from pxp_jax import composites, models, relevance
+import pxp_jax
+from pxp_jax import composites, models
 assert len(jax.devices()) == 4
 model = models.create('resnet_tiny')
 x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
 variables = model.init(jax.random.key(0), x)
 targets = jnp.arange(8) % 10
 comp = composites.epsilon_plus()
-plain = relevance.attribute(model, variables, x, targets, comp)
+plain = pxp_jax.attribute(model, variables, x, targets, comp)
 mesh = Mesh(np.array(jax.devices()), ('batch',))
 put = lambda a: jax.device_put(a, NamedSharding(mesh, P('batch')))
-sharded = relevance.attribute(model, variables, put(x), put(targets), comp)
+sharded = pxp_jax.attribute(model, variables, put(x), put(targets), comp)
 assert len(sharded.input.sharding.device_set) == 4
 np.testing.assert_allclose(sharded.input, plain.input, rtol=1e-4,
                            atol=1e-6 * float(jnp.abs(plain.input).max()))

@@ -12,7 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 from pxp_jax import rules
-
+from pxp_jax.lrp import op_rules
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def _layer():
   return x, w, b, r
 
 
-@pytest.mark.parametrize('name', rules.LINEAR_RULES)
+@pytest.mark.parametrize('name', rules.names())
 @pytest.mark.parametrize('eps', [1e-6, 0.1])
 @pytest.mark.parametrize('zero_bias', [False, True])
 def test_dense_rule_matches_matrix_reference(layer, name, eps, zero_bias):
@@ -170,7 +170,7 @@ def test_epsilon_zero_is_the_gradient():
   f = lambda x: jnp.sum(jnp.sin(rules.linear(lambda a, k: a @ k, x, w, b,  # noqa: E731
                                              rule)))
   check_grads(f, (rng.normal(size=(2, 4)),), order=1, modes=['rev'])
-  g = lambda a, c: jnp.sum(jnp.sin(rules.norm(jnp.add, (a, c), 0.0)))  # noqa: E731
+  g = lambda a, c: jnp.sum(jnp.sin(op_rules.norm(jnp.add, (a, c), 0.0)))  # noqa: E731
   check_grads(g, (rng.normal(size=3), rng.normal(size=3)), order=1,
               modes=['rev'])
 
@@ -180,7 +180,7 @@ def test_matmul_half_splits_relevance_evenly():
   a, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 5))
   y = a @ b
   r = rng.normal(size=y.shape)
-  _, vjp = jax.vjp(lambda a, b: rules.matmul_half(a, b, 0.0), a, b)
+  _, vjp = jax.vjp(lambda a, b: op_rules.matmul_half(a, b, 0.0), a, b)
   ga, gb = vjp(r / y)
   # AttnLRP Prop. 3.3: R_a = a * ([R / 2y] b^T), R_b = b * (a^T [R / 2y]).
   np.testing.assert_allclose(a * ga, a * ((r / (2 * y)) @ b.swapaxes(1, 2)),
@@ -195,7 +195,7 @@ def test_identity_rule_passes_relevance_through_gelu():
   x = jnp.linspace(-3, 3, 11) + 0.05  # gelu(0) = 0 carries no relevance
   r = jnp.arange(11.0)
   gelu = lambda v: jax.nn.gelu(v, approximate=False)  # noqa: E731
-  _, vjp = jax.vjp(lambda v: rules.identity(gelu, v, 1e-12), x)
+  _, vjp = jax.vjp(lambda v: op_rules.identity(gelu, v, 1e-12), x)
   np.testing.assert_allclose(x * vjp(r / gelu(x))[0], r, rtol=1e-8, atol=1e-9)
 
 
@@ -203,10 +203,10 @@ def test_layer_norm_rule_is_epsilon_with_constant_std():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(3, 6))
   scale, bias = rng.normal(size=6), np.zeros(6)
-  y = rules.layer_norm(x, scale, bias, epsilon=1e-6, eps=1e-12)
+  y = op_rules.layer_norm(x, scale, bias, epsilon=1e-6, eps=1e-12)
   r = rng.normal(size=y.shape)
-  _, vjp = jax.vjp(lambda v: rules.layer_norm(v, scale, bias, epsilon=1e-6,
-                                              eps=1e-12), x)
+  _, vjp = jax.vjp(lambda v: op_rules.layer_norm(v, scale, bias,
+                                                 epsilon=1e-6, eps=1e-12), x)
   relevance = x * vjp(r / y)[0]
   # With 1/std constant, y = C x per token (C = centring times scale/std):
   # Epsilon on that linear map, with no bias, conserves per token.
@@ -224,3 +224,20 @@ def test_unknown_rule_and_bad_alpha_beta_are_clear_errors():
     rules.linear_rule('epsilon_plus')
   with pytest.raises(ValueError, match='alpha - beta must be 1'):
     rules.alpha_beta(2.0, 2.0)
+
+
+def test_rules_round_trip_through_json():
+  """A rule's JSON holds its name and the hyperparameters it reads."""
+  import json  # pylint: disable=g-import-not-at-top
+  chosen = [rules.epsilon(0.1, zero_bias=True), rules.zplus(),
+            rules.alpha_beta(3.0, 2.0), rules.gamma(0.5, eps=1e-3),
+            rules.zbox(-1.0, 2.0), rules.flat(), rules.wsquare(),
+            rules.Norm(1e-3), rules.Gradient(), rules.StopRelevance()]
+  for rule in chosen:
+    spec = json.loads(json.dumps(rules.to_json(rule)))
+    assert rules.to_json(rules.from_json(spec)) == spec, spec
+  assert rules.to_json(rules.gamma(0.5, eps=1e-3)) == {
+      'rule': 'gamma', 'gamma': 0.5, 'eps': 1e-3, 'zero_bias': False}
+  assert set(rules.searchable()) <= set(rules.names())
+  with pytest.raises(ValueError, match='needs a "rule" name'):
+    rules.from_json({'eps': 0.1})

@@ -7,7 +7,9 @@ import optuna
 import pytest
 
 from experiments.configs import search as search_configs
-from pxp_jax import composites, relevance, search
+from pxp_jax import checkpoints, composites, models, structure
+from pxp_jax.jobs import search
+from pxp_jax.lrp import attribution
 
 
 def _config(digits_dir, **changes):
@@ -45,9 +47,8 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   # a larger --n_trials adds the rest: no finished trial is lost.
   study = optuna.load_study(study_name=search.STUDY,
                             storage=f'sqlite:///{tmp_path / "study.db"}')
-  cut = study.ask()
-  search._suggest(cut, _config(digits_dir).space, vit=False)  # pylint: disable=protected-access
-  compiled = relevance._attribute._cache_size()  # pylint: disable=protected-access
+  cut = study.ask(study.best_trial.distributions)  # the search's parameters
+  compiled = attribution.compiled_programs()
   search.search(_config(digits_dir), tmp_path, n_trials=5)
   rows = _trials(tmp_path)
   states = [r['state'] for r in rows]
@@ -59,7 +60,7 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
              for r in retried)
   # The new trials reused the compiled relevance program, and after the
   # first trial no trial compiled anything.
-  assert relevance._attribute._cache_size() == compiled  # pylint: disable=protected-access
+  assert attribution.compiled_programs() == compiled
   assert int(rows[0]['compiles']) > 0
   assert all(int(r['compiles']) == 0 for r in rows[1:] if r['compiles'])
 
@@ -94,7 +95,7 @@ def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
   config.data_dir = digits_dir
   config.n_per_class = 2
   config.sampler = 'tpe'
-  compiled = relevance._attribute._cache_size()  # pylint: disable=protected-access
+  compiled = attribution.compiled_programs()
   search.search(config, tmp_path, n_trials=4)
   rows = _trials(tmp_path)
   # The first trial is AttnLRP as published: Epsilon everywhere.
@@ -104,15 +105,26 @@ def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
   assert {r['attention'] for r in rows} == {'attn_lrp', 'cp_lrp'}
   # Trials and comparison reuse one relevance program per attention rule:
   # only the first trial and the first CP-LRP trial compile.
-  assert relevance._attribute._cache_size() - compiled <= 2  # pylint: disable=protected-access
+  assert attribution.compiled_programs() - compiled <= 2
   first_cp = next(r for r in rows if r['attention'] == 'cp_lrp')
   assert [r['number'] for r in rows if int(r['compiles'])] == [
       rows[0]['number'], first_cp['number']]
   best = json.loads((tmp_path / 'best_composite.json').read_text())
-  assert best['preset'] == 'vit_groups' and best['args']['depth'] == 4
+  assert best['preset'] == 'vit_groups'
   assert best['validation_a_pr'] >= float(rows[0]['a_pr'])
   composite = composites.from_json(best)  # what experiments.prune reads
   assert composite['fc'].name == best['args']['fc']['rule']
+  # The JSON needs no depth: the groups follow the model's 4 blocks.
+  model, variables = checkpoints.load('vit_digits')
+  assert model.depth == 4
+  found = structure.trace(model, variables, (1, 32, 32, 3))
+  plan = composite.plan(found, models.spec_for(model))
+  groups = {path: composite.names[entry] for path, entry in plan.items()
+            if composite.names[entry] in composites.GROUPS}
+  assert {(p.split('.')[1], g) for p, g in groups.items()
+          if p.startswith('blocks.')} == {('0', 'low'), ('1', 'low'),
+                                          ('2', 'middle'), ('3', 'high')}
+  assert groups['head'] == 'fc' and groups['patch_embed.proj'] == 'low'
   comparison = json.loads((tmp_path / 'comparison.json').read_text())
   assert set(comparison['criteria']) == {'optimised', 'epsilon', 'pxp_2021',
                                          'cp_lrp', 'weight', 'random'}

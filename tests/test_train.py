@@ -8,7 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import train as train_configs
-from pxp_jax import checkpoints, data, evaluate, train
+from pxp_jax import checkpoints, data, evaluate
+from pxp_jax.jobs import train
 
 
 def _config(digits_dir, **changes):

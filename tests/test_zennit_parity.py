@@ -9,11 +9,18 @@ summed over space) and of every dense neuron.
 zennit's convention is that the gradient at a tensor is its relevance, so its
 per-layer relevance is read with tensor hooks on the layers' outputs while
 its composite is active.
+
+Both sides run in float64 on inputs with a little seeded noise: LRP is
+discontinuous at max-pooling ties and ReLU zeros, so in float32 one window
+whose two largest values differ by an ulp sends relevance to different
+pixels on different CPUs; in float64, with no exact ties, the two
+implementations agree to about 1e-12.
 """
 
 import copy
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,9 +36,9 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from pxp_jax import attribute, composites, convert
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
-TOL = 1e-4  # max relative error of relevances, max abs error of logits
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+TOL = 1e-8  # max relative error of relevances, max abs error of logits
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
 # The bounds of ImageNet-normalised images, per channel (for ZBox).
 LOW = (0 - MEAN) / STD
 HIGH = (1 - MEAN) / STD
@@ -66,16 +73,20 @@ def _our_composite(name):
 
 def _images(n, size):
   """``n`` of sklearn's sample photos: a 256x256 crop, block-averaged down to
-  ``size``, ImageNet-normalised; NHWC float32 (inside [LOW, HIGH])."""
+  ``size``, with seeded noise of 1/255 (flat regions otherwise give exact
+  max-pooling ties), ImageNet-normalised; NHWC float64 (inside [LOW,
+  HIGH])."""
   from sklearn.datasets import load_sample_images  # ships with sklearn
   photos = load_sample_images().images
+  rng = np.random.default_rng(0)
   k = 256 // size
   out = []
   for i in range(n):
-    crop = photos[i % len(photos)][85:341, 192:448].astype(np.float32) / 255
+    crop = photos[i % len(photos)][85:341, 192:448].astype(np.float64) / 255
     crop = crop.reshape(size, k, size, k, 3).mean(axis=(1, 3))
+    crop = np.clip(crop + rng.uniform(-1, 1, crop.shape) / 255, 0, 1)
     out.append((crop - MEAN) / STD)
-  return np.stack(out).astype(np.float32)
+  return np.stack(out)
 
 
 def _torch_model(name):
@@ -92,7 +103,8 @@ def _torch_model(name):
   for module in model.modules():  # shrink residual branches: moderate logits
     if isinstance(module, torchvision.models.resnet.BasicBlock):
       module.bn2.weight.data.uniform_(0.4, 0.8)
-  return model
+  # float32 values (what convert reads) computed in float64
+  return model.double()
 
 
 @pytest.fixture(scope='module', params=list(MODELS))
@@ -104,6 +116,8 @@ def setup(request):
   torch_model = _torch_model(name)
   # converted before zennit sees the model
   model, variables = convert.from_torchvision(name, torch_model.state_dict())
+  # convert gives float32; the comparison runs in float64 (under x64)
+  variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
   x = _images(spec['batch'], spec['size'])
   with torch.no_grad():
     logits = torch_model(_nchw(x)).numpy()
@@ -162,7 +176,7 @@ def _zennit_relevance(torch_model, x, targets, composite):
 
   inputs = _nchw(x).requires_grad_(True)
   one_hot = torch.nn.functional.one_hot(torch.from_numpy(targets).long(),
-                                        1000).float()
+                                        1000).double()
   with Gradient(torch_model, composite) as attributor:
     handles = [m.register_forward_hook(capture(p)) for p, m in layers.items()]
     try:
@@ -186,7 +200,8 @@ def _relative(ours, theirs):
 
 @pytest.mark.parametrize('composite', ['epsilon_plus', 'epsilon_alpha2_beta1',
                                        'epsilon_gamma_box'])
-def test_relevance_matches_zennit(setup, composite):
+def test_relevance_matches_zennit(setup, composite, x64):
+  del x64
   start = time.perf_counter()
   name, torch_model, model, variables, x, targets, torch_logits = setup
   # zennit's canonisers change the model in place: it gets a copy
@@ -220,17 +235,20 @@ def test_relevance_matches_zennit(setup, composite):
   assert not bad, f'layers beyond {TOL}: {bad}'
 
 
-def test_pxp_filter_ranking_matches_the_reference_procedure():
+def test_pxp_filter_ranking_matches_the_reference_procedure(x64):
   """The PXP reference's per-filter criterion, rebuilt with zennit: one
   EpsilonPlus pass per reference sample (batch 1), one-hot 1.0 at the true
   label, relevance at each conv output summed over space, absolute value,
   summed over samples; one global ranking. pxp_jax's collector must rank the
   filters the same way."""
+  del x64
   from scipy.stats import spearmanr  # pylint: disable=g-import-not-at-top
-  from pxp_jax import criteria, pruning, structure  # pylint: disable=g-import-not-at-top
+  from pxp_jax import prune, structure  # pylint: disable=g-import-not-at-top
+  from pxp_jax.prune import criteria  # pylint: disable=g-import-not-at-top
   torch_model = _torch_model('resnet18')
   model, variables = convert.from_torchvision('resnet18',
                                               torch_model.state_dict())
+  variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
   x = _images(4, 64)
   labels = np.array([3, 3, 7, 7])  # two classes, two samples each
   reference = None
@@ -242,9 +260,9 @@ def test_pxp_filter_ranking_matches_the_reference_procedure():
     reference = sample if reference is None else {
         k: reference[k] + sample[k] for k in reference}
   found = structure.trace(model, variables, x[:1].shape)
-  filters = pruning.prunable(found, 'filters')
-  ours = criteria.score('lrp', model, variables, x, labels, filters,
-                        composite=_our_composite('epsilon_plus'), batch_size=4)
+  filters = found.units('filters')
+  ours = criteria.get('lrp', composite=_our_composite('epsilon_plus')).score(
+      model, variables, x, labels, filters, batch_size=4)
   keys = sorted(filters)
   rho = spearmanr(np.concatenate([reference[k] for k in keys]),
                   np.concatenate([ours[k] for k in keys])).statistic
@@ -253,8 +271,8 @@ def test_pxp_filter_ranking_matches_the_reference_procedure():
   assert rho >= 0.999
   rates = [0.1, 0.3, 0.5]
   flat_ref = np.concatenate([reference[k] for k in keys])
-  theirs_masks, our_masks = (pruning.masks(reference, rates),
-                              pruning.masks(ours, rates))
+  theirs_masks, our_masks = (prune.masks(reference, rates),
+                              prune.masks(ours, rates))
   for r, rate in enumerate(rates):
     theirs = np.concatenate([np.asarray(theirs_masks[k][r]) for k in keys])
     mine = np.concatenate([np.asarray(our_masks[k][r]) for k in keys])
