@@ -418,38 +418,46 @@ def _apply_to_module(call, rule: LinearRule, context):
                rule, None if probe is None else probe.reshape(*lead, inner),
                context.fixed_rule, signed=context.signed)
     return y.reshape(*lead, *features)
-  bare = module.clone(parent=None, use_bias=False, name=None)
-
-  def apply(a, k):  # the layer's map for any in/out width of the kernel
-    return bare.clone(features=k.shape[-1]).apply({'params': {'kernel': k}},
-                                                  a)
   if getattr(module, 'batch_group_count', 1) != 1:
     raise NotImplementedError(
         f'{call.path}: a conv with batch_group_count '
         f'{module.batch_group_count} has no LRP rule here')
+  bare = module.clone(parent=None, use_bias=False, name=None)
   groups = getattr(module, 'feature_group_count', 1)
-  if groups != 1:
-    # A grouped conv (e.g. depthwise): the rules' products stack inputs along
-    # the channels ([x+, x-], [x, low, high]) with kernels stacked along
-    # their input axis (summed), and kernels along the output axis (outputs
-    # stacked likewise); one conv over such stacks would mix the groups, so
-    # each pair is its own conv.
-    width, features, per_group = (x.shape[-1], kernel.shape[-1],
-                                  x.shape[-1] // groups)
-
-    def apply(a, k):  # pylint: disable=function-redefined
-      outputs = []
-      for j in range(k.shape[-1] // features):
-        kj = k[..., j * features:(j + 1) * features]
-        total = 0
-        for i in range(a.shape[-1] // width):
-          total = total + bare.apply(
-              {'params': {'kernel': kj[..., i * per_group:(i + 1) * per_group,
-                                       :]}},
-              a[..., i * width:(i + 1) * width])
-        outputs.append(total)
-      return jnp.concatenate(outputs, axis=-1)
+  apply = (_layer_map(bare) if groups == 1 else
+           _grouped_map(bare, x.shape[-1], kernel.shape[-1], groups))
   if bias is None:
     bias = jnp.zeros((kernel.shape[-1],), x.dtype)
   return linear(apply, x, kernel, bias, rule, probe, context.fixed_rule,
                 signed=context.signed)
+
+
+def _layer_map(bare):
+  """The layer's bias-free map for any in/out width of the kernel."""
+  def apply(a, k):
+    return bare.clone(features=k.shape[-1]).apply({'params': {'kernel': k}},
+                                                  a)
+  return apply
+
+
+def _grouped_map(bare, width, features, groups):
+  """The bias-free map of a grouped conv (e.g. depthwise) for the rules'
+  stacks: inputs stacked along the channels ([x+, x-], [x, low, high]) with
+  kernels stacked along their input axis (summed), and kernels along the
+  output axis (outputs stacked likewise). One conv over such stacks would
+  mix the groups, so each pair is its own conv."""
+  per_group = width // groups
+
+  def apply(a, k):
+    outputs = []
+    for j in range(k.shape[-1] // features):
+      kj = k[..., j * features:(j + 1) * features]
+      total = 0
+      for i in range(a.shape[-1] // width):
+        total = total + bare.apply(
+            {'params': {'kernel': kj[..., i * per_group:(i + 1) * per_group,
+                                     :]}},
+            a[..., i * width:(i + 1) * width])
+      outputs.append(total)
+    return jnp.concatenate(outputs, axis=-1)
+  return apply
