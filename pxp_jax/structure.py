@@ -229,3 +229,13 @@ def trace(model: nn.Module, variables, input_shape, dtype=jnp.float32
                                                       dtype))
   ops.pop('', None)  # the model itself
   return Structure(tuple(Op(**o) for o in ops.values()))
+
+
+def trace_model(model: nn.Module, size: int | None = None) -> Structure:
+  """The ``Structure`` of ``model`` on one ``size`` x ``size`` RGB image
+  (default: the model's ``image_size``, else 32, which suits models that
+  take any size), from abstract variables."""
+  size = size or getattr(model, 'image_size', 32)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  return trace(model, variables, x.shape)

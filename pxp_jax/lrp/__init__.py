@@ -2,6 +2,7 @@
 ``attribute``.
 
   rules.py, linear_rules.py, op_rules.py   every rule, registered once
+  linear_vjp.py                            a Dense/Conv layer under its rule
   composites.py                            Select, Composite (rules by operation)
   presets.py                               zennit's, AttnLRP, CP-LRP, PXP groups
   canonize.py                              BatchNorm folding

@@ -7,6 +7,7 @@ operations) so that a custom composite needs one import.
 
 from __future__ import annotations
 
+from pxp_jax import structure
 from pxp_jax.lrp import rules
 from pxp_jax.lrp.canonize import MergeBatchNorm
 from pxp_jax.lrp.composites import GROUPS, Composite, Select
@@ -220,14 +221,13 @@ def for_model(model, low=None, high=None, *, found=None,
     model: a flax model.
     low, high: the bounds of its normalised inputs, for presets that take
       them (EpsilonGammaBox); without them EpsilonPlus stands in.
-    found: its structure (traced on a 32x32 input if not given, which suits
-      only models that take any size; pass it otherwise).
+    found: its structure (``structure.trace_model`` if not given).
     purpose: ``'heatmaps'`` (EpsilonGammaBox for CNNs, AttnLRP for
       transformers) or ``'pruning'`` (the 2021 groups, AttnLRP's groups).
   """
   spec = spec_lib.spec_for(model)
   if found is None:
-    found = _trace_default(model)
+    found = structure.trace_model(model)
   if purpose == 'pruning':
     return get(spec.pruning_composite(found))
   if purpose != 'heatmaps':
@@ -241,22 +241,12 @@ def for_model(model, low=None, high=None, *, found=None,
   return get(name)
 
 
-def _trace_default(model):
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from pxp_jax import structure  # pylint: disable=g-import-not-at-top
-  size = getattr(model, 'image_size', 32)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  return structure.trace(model, variables, x.shape)
-
-
 def layer_groups(model, found=None, boundaries=(1 / 3, 2 / 3)
                  ) -> dict[str, list[str]]:
   """``{'low': [...], 'middle': [...], 'high': [...], 'fc': [...]}``: the
   layer paths of each PXP layer group of ``model``, as its family spec
   splits them."""
-  found = found or _trace_default(model)
+  found = found or structure.trace_model(model)
   return spec_lib.spec_for(model).layer_groups(found, tuple(boundaries))
 
 

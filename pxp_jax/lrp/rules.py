@@ -8,9 +8,9 @@ rules of parameter-free operations (``op_rules``), with their JSON form.
 """
 
 from pxp_jax.lrp.linear_rules import (LinearRule, alpha_beta, epsilon, flat,
-                                      gamma, linear, linear_rule, names,
-                                      searchable, stabilize, wsquare, zbox,
-                                      zplus)
+                                      gamma, linear_rule, names, searchable,
+                                      stabilize, wsquare, zbox, zplus)
+from pxp_jax.lrp.linear_vjp import linear
 from pxp_jax.lrp.op_rules import (REGISTRY, Fold, Gradient, HalfMatMul,
                                   Identity, LayerNormIdentity, Norm,
                                   StopRelevance)
