@@ -103,10 +103,12 @@ class Weight(Criterion):
             batch_size=32):
     del labels, batch_size
     params = flax.traverse_util.flatten_dict(variables['params'], sep='.')
+    found = None
     out = {}
     for key, unit in units.items():
       if unit.type == 'heads':
-        found = structure.trace(model, variables, np.shape(images[:1]))
+        found = found or structure.trace(model, variables,
+                                         np.shape(images[:1]))
         out[key] = spec_lib.spec_for(model).head_weights(params, unit, found)
       else:
         kernel = np.abs(np.asarray(params[f'{unit.layer}.kernel']))
