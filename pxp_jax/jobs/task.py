@@ -131,7 +131,7 @@ class Task:
       return composites.from_json(spec), extra
     if not name:
       return composites.get(self.spec.pruning_composite(self.found)), {}
-    if name in ('epsilon_gamma_box',):
+    if name in composites.BOUNDED:
       low, high = self.bounds
       return composites.get(name, low=low, high=high), {}
     return composites.get(name), {}

@@ -202,7 +202,7 @@ PRESETS = {
     'pxp_groups': pxp_groups,
     'vit_groups': vit_groups,
 }
-_BOUNDED = ('epsilon_gamma_box',)  # presets that take the input bounds
+BOUNDED = ('epsilon_gamma_box',)  # presets that take the input bounds
 
 
 def get(name: str, **kwargs) -> Composite:
@@ -234,7 +234,7 @@ def for_model(model, low=None, high=None, *, found=None,
     raise ValueError(f"purpose must be 'heatmaps' or 'pruning', got "
                      f'{purpose!r}')
   name = spec.heatmap_composite(found)
-  if name in _BOUNDED:
+  if name in BOUNDED:
     if low is None or high is None:
       return epsilon_plus()
     return get(name, low=low, high=high)
@@ -274,7 +274,7 @@ def from_json(spec: dict) -> Composite:
 
 
 __all__ = [
-    'ATTENTION_RULES', 'Composite', 'Fold', 'GROUPS', 'Gradient',
+    'ATTENTION_RULES', 'BOUNDED', 'Composite', 'Fold', 'GROUPS', 'Gradient',
     'HalfMatMul', 'Identity', 'Kind', 'LayerNormIdentity', 'MergeBatchNorm',
     'Norm', 'PRESETS', 'Select', 'StopRelevance', 'attn_lrp', 'cp_lrp',
     'epsilon_alpha2_beta1', 'epsilon_alpha2_beta1_flat', 'epsilon_gamma_box',
