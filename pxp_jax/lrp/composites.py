@@ -170,8 +170,3 @@ class Composite:
           + ', '.join(missing) + '. Add entries that cover them, e.g. '
           "('name', Select((Kind.CONV,)), rules.epsilon()).")
     return plan
-
-  def to_json(self) -> dict:
-    """Every entry's rule by entry name (selects are code, not data)."""
-    return {name: rule.to_json() for name, rule in zip(self.names,
-                                                        self.rules)}

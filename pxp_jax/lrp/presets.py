@@ -250,15 +250,6 @@ def layer_groups(model, found=None, boundaries=(1 / 3, 2 / 3)
   return spec_lib.spec_for(model).layer_groups(found, tuple(boundaries))
 
 
-def rule_to_json(rule) -> dict:
-  """A rule as JSON: ``{"rule": name, hyperparameters...}``."""
-  return rules.to_json(rule)
-
-
-def rule_from_json(spec: dict):
-  return rules.from_json(spec)
-
-
 def from_json(spec: dict) -> Composite:
   """A preset from ``{"preset": name, "args": {...}}``; arguments that are
   dicts with a ``"rule"`` key become rules (e.g. the groups of
@@ -279,6 +270,5 @@ __all__ = [
     'Norm', 'PRESETS', 'Select', 'StopRelevance', 'attn_lrp', 'cp_lrp',
     'epsilon_alpha2_beta1', 'epsilon_alpha2_beta1_flat', 'epsilon_gamma_box',
     'epsilon_plus', 'epsilon_plus_flat', 'for_model', 'from_json', 'get',
-    'layer_groups', 'pxp_groups', 'rule_from_json', 'rule_to_json',
-    'vit_groups',
+    'layer_groups', 'pxp_groups', 'vit_groups',
 ]
