@@ -11,7 +11,7 @@ Re-running with the same config reuses the scores saved in DIR.
 from absl import app
 
 from experiments import cli
-from pxp_jax.jobs import prune
+from pxp_jax.jobs import draws, prune
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     'experiments/configs/prune.py', 'Pruning config.')
@@ -19,7 +19,7 @@ _CONFIG, _WORKDIR = cli.define_config_and_workdir(
 
 def main(argv):
   cli.start(argv)
-  prune.prune(_CONFIG.value, _WORKDIR.value)
+  draws.repeat(prune.prune, _CONFIG.value, _WORKDIR.value, stem='results')
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ importance.png, comparison.json and comparison.png.
 from absl import app, flags
 
 from experiments import cli
-from pxp_jax.jobs import search
+from pxp_jax.jobs import draws, search
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     'experiments/configs/search.py', 'Search config.')
@@ -23,8 +23,9 @@ _TIMEOUT = flags.DEFINE_float('timeout', None, 'Stop after this many seconds.')
 
 def main(argv):
   cli.start(argv)
-  search.search(_CONFIG.value, _WORKDIR.value, n_trials=_N_TRIALS.value,
-                timeout=_TIMEOUT.value)
+  draws.repeat(search.search, _CONFIG.value, _WORKDIR.value,
+               stem='comparison', n_trials=_N_TRIALS.value,
+               timeout=_TIMEOUT.value)
 
 
 if __name__ == '__main__':

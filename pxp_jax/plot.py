@@ -1,4 +1,5 @@
-"""Pictures of relevance: input heatmaps as PNG.
+"""Pictures of relevance as PNG: input heatmaps, accuracy-vs-rate curves,
+perturbation curves (faithfulness) and heatmap stability under pruning.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved directly, so no
 display and no pyplot backend is needed (and a notebook's backend is left
@@ -73,6 +74,78 @@ def curves(path: str | os.PathLike, rates, accuracies: dict, *,
              label='95% of unpruned')
   ax.set_xlabel(xlabel)
   ax.set_ylabel('top-1 accuracy')
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return str(path)
+
+
+def _band(ax, x, mean, sem, label, **kwargs):
+  """A line with its standard-error band (no band without ``sem``)."""
+  mean = np.asarray(mean, float)
+  line, = ax.plot(x, mean, label=label, **kwargs)
+  if sem is not None:
+    sem = np.asarray(sem, float)
+    ax.fill_between(x, mean - sem, mean + sem, color=line.get_color(),
+                    alpha=0.2, lw=0)
+
+
+def perturbation_curves(path: str | os.PathLike, fractions, panels: dict, *,
+                        title: str, sems: dict | None = None) -> str:
+  """Writes region-perturbation curves as PNG: one panel per output (e.g.
+  ``'logit'``, ``'probability'``: the y label), one line per heatmap.
+
+  Args:
+    path: the PNG file to write.
+    fractions: (K + 1,) fraction of the image perturbed at each point.
+    panels: output -> heatmap name -> (K + 1,) mean curve over images.
+    title: a title over the figure.
+    sems: the same structure with each curve's standard error (a band).
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = Figure(figsize=(5 * len(panels), 4))
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  x = np.asarray(fractions, float) * 100
+  for ax, (output, curves) in zip(axes, panels.items()):
+    for name, curve in curves.items():
+      sem = sems[output][name] if sems else None
+      _band(ax, x, curve, sem, name, marker='.', ms=3)
+    ax.set_xlabel('image perturbed (%)')
+    ax.set_ylabel(output)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return str(path)
+
+
+def stability(path: str | os.PathLike, rates, similarities: dict, *,
+              xlabel: str, title: str) -> str:
+  """Writes heatmap similarity against pruning rate as PNG, one line per
+  measure with its standard-error band.
+
+  Args:
+    path: the PNG file to write.
+    rates: pruning rates in [0, 1].
+    similarities: measure name -> ``(mean, sem)`` per rate.
+    xlabel, title: the axis label and the title.
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  x = np.asarray(rates, float) * 100
+  for name, (mean, sem) in similarities.items():
+    _band(ax, x, mean, sem, name, marker='.')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('similarity to the unpruned heatmap')
+  ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
   ax.set_title(title)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)

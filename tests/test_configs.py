@@ -11,13 +11,12 @@ ALL = [prune_configs, search_configs, train_configs]
 
 
 @pytest.mark.parametrize('configs', [prune_configs, search_configs])
-def test_units_and_absolute_tokens_default_to_the_family(configs):
+def test_units_default_to_the_family_and_the_rest_to_the_reference(configs):
   config = configs.get_config('model=vit_digits')
   assert config.model == 'vit_digits'
   assert config.units == ''  # the family's default unit type
-  assert config.absolute_tokens is None  # the family's default
-  config.absolute_tokens = True  # a placeholder for a bool
-  assert config.absolute_tokens is True
+  assert config.absolute_tokens is True  # |R| per token, as the reference
+  assert config.random_seeds == 20 and config.other_classes == 'excluded'
   with pytest.raises(TypeError):
     config.absolute_tokens = 'yes'
 

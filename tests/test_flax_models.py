@@ -775,9 +775,9 @@ def test_pruned_transformer_conserves_relevance_under_cp_lrp():
 
 
 def test_criteria_on_plain_transformer(vit):
-  """LRP scores are the summed |relevance| of ``attribute``, and rank the
-  units; weight scores of heads are the L1 norms of their query, key and
-  value weights."""
+  """LRP scores are the summed |relevance| (per token) of ``attribute``,
+  and rank the units; weight scores of heads are the L1 norms of their
+  query, key and value weights."""
   model, variables, x, targets = vit
   found = structure.trace(model, variables, x.shape, x.dtype)
   units = {**found.units('heads'), **found.units('neurons')}
@@ -785,7 +785,8 @@ def test_criteria_on_plain_transformer(vit):
   scores = criteria.get('lrp', composite=composite).score(
       model, variables, x, targets, units, batch_size=2)
   result = pxp_jax.attribute(model, variables, jnp.asarray(x),
-                             jnp.asarray(targets), composite)
+                             jnp.asarray(targets), composite,
+                             absolute_tokens=True)
   for key in units:
     np.testing.assert_allclose(scores[key],
                                np.abs(result.units[key]).sum(0), rtol=1e-12)

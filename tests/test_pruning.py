@@ -50,8 +50,10 @@ def test_keep_one_never_empties_a_layer():
 
 
 def test_bad_rates_units_and_criteria_are_clear_errors():
-  with pytest.raises(ValueError, match=r'rates must lie in \[0, 1\)'):
-    prune.masks({'a': np.ones(3)}, [0.5, 1.0])
+  for bad in ([0.5, 1.0], [0.0, 0.5, 0.3], [0.0, 0.2, 0.2], [-0.1, 0.5]):
+    with pytest.raises(ValueError, match=r'rates must be increasing and lie '
+                       r'in \[0, 1\)'):
+      prune.masks({'a': np.ones(3)}, bad)
   _, _, _, found = _setup()
   with pytest.raises(ValueError, match='unknown unit type'):
     found.units('channels')
@@ -129,7 +131,7 @@ def test_summary_metrics():
   assert out['top_pr'] == 0.5
 
 
-@pytest.mark.parametrize('criterion', criteria.CRITERIA)
+@pytest.mark.parametrize('criterion', list(criteria.REGISTRY))
 def test_every_criterion_scores_every_unit(criterion):
   from pxp_jax import composites  # pylint: disable=g-import-not-at-top
   model, variables, x, found = _setup()
@@ -145,14 +147,16 @@ def test_every_criterion_scores_every_unit(criterion):
              for v in scores.values())
 
 
-def test_taylor_equals_activation_times_gradient():
-  """Taylor and gradient against a direct computation at one conv."""
+def test_taylor_logit_equals_activation_times_gradient():
+  """The ``taylor_logit`` variant (the label logit's gradient after the
+  BatchNorm, |.| per sample) against a direct computation at one conv; the
+  default criteria are checked against torch in test_criteria.py."""
   model, variables, x, found = _setup()
   units = {'layer1.0.conv1': found.units('filters')['layer1.0.conv1']}
   labels = np.arange(6) % 10
-  taylor = criteria.get('taylor').score(model, variables, np.asarray(x),
-                                        labels, units,
-                                        batch_size=6)['layer1.0.conv1']
+  taylor = criteria.get('taylor_logit').score(
+      model, variables, np.asarray(x), labels, units,
+      batch_size=6)['layer1.0.conv1']
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   def logits_with(delta):

@@ -79,6 +79,7 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
                                             models.spec_for(model)).items()
             if grouped.names[entry] in ('low', 'middle', 'high', 'fc')}
   depth = model.depth
+  quarter = max(1, depth // 4)  # the reference's: ViT-B/16 blocks 0-2/3-8/9-11
   for path, group in groups.items():
     if path == 'head':
       assert group == 'fc'
@@ -86,8 +87,12 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
       assert group == 'low'
     else:
       block = int(path.split('.')[1])
-      assert group == ('low' if block < depth / 3 else
-                       'middle' if block < 2 * depth / 3 else 'high'), path
+      assert group == ('low' if block < quarter else 'high'
+                       if block >= depth - quarter else 'middle'), path
+  cut = composites.layer_groups(model, found, boundaries=(0.5, 0.75))
+  assert all(int(p.split('.')[1]) < depth / 2 for p in cut['low'][1:])
+  assert {int(p.split('.')[1]) for p in cut['high']} == {
+      b for b in range(depth) if b >= 0.75 * depth}
   # With Epsilon in every group it is the published composite.
   published = getattr(composites, attention)()
   ours = pxp_jax.attribute(model, variables, x, jnp.array([1, 2]), grouped)

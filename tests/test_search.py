@@ -31,8 +31,10 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   search.search(_config(digits_dir), tmp_path, n_trials=3)
   rows = _trials(tmp_path)
   assert [r['state'] for r in rows] == ['COMPLETE'] * 3
-  default = float(rows[0]['a_pr'])  # the first trial is the 2021 composite
-  assert rows[0]['low.rule'] == 'zplus' and rows[0]['fc.rule'] == 'epsilon'
+  # The first trial is the 2021 composite: ZPlus without bias everywhere.
+  default = float(rows[0]['a_pr'])
+  assert rows[0]['low.rule'] == 'zplus' and rows[0]['fc.rule'] == 'zplus'
+  assert rows[0]['zero_bias'] == 'True'
   best = json.loads((tmp_path / 'best_composite.json').read_text())
   assert best['validation_a_pr'] >= default
   assert best['validation_a_pr'] == max(float(r['a_pr']) for r in rows)
@@ -42,6 +44,8 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   assert comparison['split'] == 'test'
   assert set(comparison['criteria']) == {'optimised', 'epsilon', 'pxp_2021',
                                          'weight', 'random'}
+  random = comparison['criteria']['random']
+  assert len(random['accuracy_per_seed']) == 2 and random['a_pr_sem'] >= 0
 
   # A trial cut by a kill (left RUNNING) is retried with its parameters, and
   # a larger --n_trials adds the rest: no finished trial is lost.
@@ -70,6 +74,8 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
     (dict(groups=()), 'no layer groups'),
     (dict(eps=(1.0, 1e-3)), 'space.eps'),
     (dict(rules=('flat',)), 'choose among'),
+    (dict(zero_bias=()), 'space.zero_bias'),
+    (dict(boundaries=(0.7, 0.2)), 'space.boundaries'),
 ])
 def test_bad_search_spaces_are_clear_errors(digits_dir, tmp_path, change,
                                             message):
@@ -79,36 +85,52 @@ def test_bad_search_spaces_are_clear_errors(digits_dir, tmp_path, change,
     search.search(config, tmp_path, n_trials=1)
 
 
+def test_unknown_objective_is_a_clear_error(digits_dir, tmp_path):
+  with pytest.raises(ValueError, match="objective must be one of.*'auc'"):
+    search.search(_config(digits_dir, objective='accuracy'), tmp_path,
+                  n_trials=1)
+
+
 def test_unreachable_storage_and_foreign_workdir(digits_dir, tmp_path):
   with pytest.raises(ConnectionError, match='cannot open the optuna storage'):
     search.search(_config(digits_dir, storage='postgresql://127.0.0.1:9/x'),
                   tmp_path / 'a', n_trials=1)
-  search.search(_config(digits_dir), tmp_path / 'b', n_trials=1)
+  search.search(_config(digits_dir, objective='auc'), tmp_path / 'b',
+                n_trials=1)  # the reference's metric as the objective
+  rows = _trials(tmp_path / 'b')
+  best = json.loads((tmp_path / 'b' / 'best_composite.json').read_text())
+  assert best['validation_auc'] == float(rows[0]['auc']) < 0.4  # rates <= 0.4
   with pytest.raises(ValueError, match='different config'):
-    search.search(_config(digits_dir, units='neurons'), tmp_path / 'b',
-                  n_trials=1)
+    search.search(_config(digits_dir, objective='auc', units='neurons'),
+                  tmp_path / 'b', n_trials=1)
 
 
-def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
-                                                                 tmp_path):
+def test_vit_search_chooses_the_attention_rule_with_three_programs(
+    digits_dir, tmp_path):
   config = search_configs.get_config('model=vit_digits,runlocal')
   config.data_dir = digits_dir
   config.n_per_class = 2
   config.sampler = 'tpe'
   compiled = attribution.compiled_programs()
-  search.search(config, tmp_path, n_trials=4)
+  search.search(config, tmp_path, n_trials=6)
   rows = _trials(tmp_path)
   # The first trial is AttnLRP as published: Epsilon everywhere.
   assert rows[0]['attention'] == 'attn_lrp'
   assert {rows[0][f'{g}.rule'] for g in ('low', 'middle', 'high', 'fc')} == {
       'epsilon'}
-  assert {r['attention'] for r in rows} == {'attn_lrp', 'cp_lrp'}
-  # Trials and comparison reuse one relevance program per attention rule:
-  # only the first trial and the first CP-LRP trial compile.
-  assert attribution.compiled_programs() - compiled <= 2
-  first_cp = next(r for r in rows if r['attention'] == 'cp_lrp')
-  assert [r['number'] for r in rows if int(r['compiles'])] == [
-      rows[0]['number'], first_cp['number']]
+  assert len({r['attention'] for r in rows}) >= 3
+  assert {r['signed'] for r in rows} == {'True', 'False'}
+  # Trials and comparison reuse one relevance program per family of
+  # attention rules (AttnLRP; the two z+ rules, whose virtual bias is an
+  # array leaf; CP-LRP): only the first trial of each family compiles, and
+  # neither the sign of the ranking nor the rules of the groups do.
+  assert attribution.compiled_programs() - compiled <= 3
+  family = {'attn_lrp': 0, 'zplus_vbias': 1, 'zplus': 1, 'cp_lrp': 2}
+  firsts = {}
+  for r in rows:
+    firsts.setdefault(family[r['attention']], r['number'])
+  assert [r['number'] for r in rows if int(r['compiles'])] == sorted(
+      firsts.values(), key=int)
   best = json.loads((tmp_path / 'best_composite.json').read_text())
   assert best['preset'] == 'vit_groups'
   assert best['validation_a_pr'] >= float(rows[0]['a_pr'])
@@ -122,7 +144,7 @@ def test_vit_search_chooses_the_attention_rule_with_two_programs(digits_dir,
   groups = {path: composite.names[entry] for path, entry in plan.items()
             if composite.names[entry] in composites.GROUPS}
   assert {(p.split('.')[1], g) for p, g in groups.items()
-          if p.startswith('blocks.')} == {('0', 'low'), ('1', 'low'),
+          if p.startswith('blocks.')} == {('0', 'low'), ('1', 'middle'),
                                           ('2', 'middle'), ('3', 'high')}
   assert groups['head'] == 'fc' and groups['patch_embed.proj'] == 'low'
   comparison = json.loads((tmp_path / 'comparison.json').read_text())

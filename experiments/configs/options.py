@@ -3,7 +3,6 @@ argument after the config file's name, and the fields that name the model,
 its data, the reference samples and the units."""
 
 import ml_collections
-from ml_collections import config_dict
 
 from pxp_jax.prune import DEFAULT_RATES
 
@@ -42,22 +41,28 @@ def parse(arg: str, **defaults) -> ml_collections.ConfigDict:
 
 def pruning_fields(model: str) -> dict:
   """The model (a checkpoint name or folder), its data and reference
-  samples, the units to prune and the pruning rates. Units and the
-  per-token absolute value default to the model family's choice
-  (``pxp_jax.models.spec``): MLP neurons and |R| per token for a ViT,
+  samples, the units to prune and the pruning rates. Units default to the
+  model family's choice (``pxp_jax.models.spec``): MLP neurons for a ViT,
   filters for a CNN."""
   return dict(
       model=model,
       dataset='',                  # '' = the checkpoint's dataset
       data_dir='',
       classes=(),                  # restrict to these classes (few-class task)
+      class_draw=0,                # or draw this many classes with `seed`
+      other_classes='excluded',    # excluded (-inf logits) | zeroed (the
+                                   # reference: zero head rows, 0 logits)
       reference_split='train',
       n_per_class=10,              # reference samples per class (seeded)
+      holdout_per_class=0,         # > 0: evaluating on reference_split reads
+                                   # this many per class (never a reference)
+      draws=1,                     # > 1: repeat with seeds seed, seed+1, ...
+                                   # (class draws), mean and standard error
       seed=0,
       units='',                    # filters | neurons | heads; '' = family's
-      absolute_tokens=config_dict.placeholder(bool),  # None = family's
+      absolute_tokens=True,        # lrp: |R| per token (else per sample)
       rates=DEFAULT_RATES,
-      random_seeds=3,              # seeds of the random baseline
+      random_seeds=20,             # seeds of the random baseline (mean, SEM)
       batch_size=32,               # reference samples per relevance pass
       eval_batch_size=512,
   )

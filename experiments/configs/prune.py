@@ -17,15 +17,27 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       **pruning_fields(options.model),
       eval_split='test',
       criteria=('lrp', 'random', 'weight', 'gradient', 'taylor',
-                'integrated_gradients'),
+                'integrated_gradients'),  # + gradient_logit, taylor_logit
       composite='',                # a preset name; '' = the default
       composite_json='',           # or a JSON file {"preset": ..., "args": ...}
       signed=False,                # lrp: signed relevance instead of |R|
-      normalize=False,             # per-layer normalisation of the baselines
+      normalize=False,             # per-layer normalisation (the 2021 --norm)
       per_layer=False,             # rank per layer instead of globally
       keep_one=False,              # never empty a layer
-      ig_steps=16,
+      ig_steps=20,                 # integrated gradients: path points and
+      ig_form='reference',         #   reference | conductance
       heatmaps=8,
+      stability=0,                 # > 0: LRP heatmaps of this many eval
+                                   # images, pruned by lrp at each rate vs
+                                   # unpruned (stability.json, .png)
+      faithfulness=0,              # > 0: region perturbation of heatmaps of
+                                   # this many eval images (faithfulness.*)
+      perturbation=dict(
+          patch_size=4,            # square patches (1: pixel flipping)
+          steps=64,                # curve points (0: one patch per step)
+          order='morf',            # morf (most relevant first) | lerf
+          baseline='black',        # black (zero raw pixels) | mean (0)
+      ),
       fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
       fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate
       fine_tune_lr=1e-3,
@@ -34,6 +46,6 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   if options.runlocal:
     config.n_per_class = 3
     config.rates = (0.0, 0.2, 0.4, 0.6, 0.8)
-    config.random_seeds = 1
+    config.random_seeds = 2
     config.ig_steps = 4
   return config

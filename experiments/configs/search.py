@@ -17,23 +17,41 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
   options = parse(arg, model='resnet_digits', runlocal=False)
   config = ml_collections.ConfigDict(dict(
       **pruning_fields(options.model),
-      validation_split='validation',   # the objective
+      validation_split='validation',   # where trials are scored
+      objective='a_pr',                # a_pr (mean accuracy) | auc
       test_split='test',               # the final comparison
+      cache_eval=True,                 # hold the evaluation splits in memory
+                                       # (False streams them every trial)
       sampler='gp',                    # gp (Gaussian process) | tpe
       storage='',                      # '' = SQLite in the workdir
+      faithfulness=0,                  # > 0: region perturbation of the
+                                       # heatmaps of this many test images
+                                       # (faithfulness.json, .png)
+      perturbation=dict(
+          patch_size=4,                # square patches (1: pixel flipping)
+          steps=64,                    # curve points (0: one per patch)
+          order='morf',                # morf (most relevant first) | lerf
+          baseline='black',            # black (zero raw pixels) | mean (0)
+      ),
       space=dict(
           groups=('low', 'middle', 'high', 'fc'),
           rules=('epsilon', 'gamma', 'zplus', 'alpha_beta'),
           eps=(1e-9, 1.0),             # log scale
           gamma=(1e-3, 10.0),          # log scale
           signed=(False, True),        # rank by signed R or by |R|
-          boundaries=(1 / 3, 2 / 3),   # where middle and high convs (or
-                                       # ViT blocks) start
-          attention=('attn_lrp', 'cp_lrp'),  # ViTs: the attention rule
+          zero_bias=(False, True),     # biases take relevance or not
+          boundaries=(),               # () = by stage (the reference's
+                                       # groups); (b1, b2) = fractions where
+                                       # middle and high convs (or ViT
+                                       # blocks) start
+          # ViTs: the attention rule (AttnLRP, the z+ softmax rule with and
+          # without the virtual bias, CP-LRP), as the reference searches
+          attention=('attn_lrp', 'zplus_vbias', 'zplus', 'cp_lrp'),
           n_per_class=(),              # e.g. (1, 3, 10): search it too
       ),
   ))
   if options.runlocal:
     config.n_per_class = 3
     config.rates = (0.0, 0.1, 0.2, 0.3, 0.4)
+    config.random_seeds = 2
   return config

@@ -9,8 +9,11 @@ a source is opened.
 """
 
 from pxp_jax.data import digits  # registers the `digits` builder
+from pxp_jax.data.pipeline import Images
+from pxp_jax.data.pipeline import Subset
 from pxp_jax.data.pipeline import as_arrays
 from pxp_jax.data.pipeline import batches
+from pxp_jax.data.pipeline import labels_of
 from pxp_jax.data.pipeline import reference_batch
 from pxp_jax.data.pipeline import reference_samples
 from pxp_jax.data.preprocess import DIGITS
@@ -22,7 +25,7 @@ from pxp_jax.data.sources import image_folder
 from pxp_jax.data.sources import load
 
 __all__ = [
-    'DIGITS', 'DatasetNotFoundError', 'IMAGENET', 'Preprocess', 'as_arrays',
-    'batches', 'digits', 'image_folder', 'load', 'preprocess',
+    'DIGITS', 'DatasetNotFoundError', 'IMAGENET', 'Images', 'Preprocess',
+    'Subset', 'as_arrays', 'batches', 'labels_of', 'digits', 'image_folder', 'load', 'preprocess',
     'reference_batch', 'reference_samples',
 ]

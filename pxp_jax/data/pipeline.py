@@ -141,3 +141,46 @@ def reference_batch(source, preprocess: Preprocess, n_per_class: int, *,
   """``reference_samples`` as arrays: images (N, H, W, C) f32, labels i32."""
   indices = reference_samples(source, n_per_class, seed=seed, classes=classes)
   return _stack(source, preprocess, indices)
+
+
+class Subset:
+  """The examples ``indices`` of a random-access source, itself a source
+  (``len``, ``[i]``, ``labels``, ``num_classes``)."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self.num_classes = getattr(source, 'num_classes', None)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(self.indices[i])]
+
+  @property
+  def labels(self) -> np.ndarray:
+    return labels_of(self.source)[self.indices]
+
+  def __repr__(self) -> str:
+    return f'Subset({self.source!r}, {len(self)} examples)'
+
+
+class Images:
+  """Preprocessed images of ``source[indices]``, read when indexed: an
+  array-like (``len``, ``shape``, ``[slice or index array]`` -> float32
+  (n, H, W, C)) for sample sets too large to hold in memory (10 reference
+  samples of each of ImageNet's 1000 classes are 6 GB as float32)."""
+
+  def __init__(self, source, preprocess: Preprocess, indices):
+    self.source, self.preprocess = source, preprocess
+    self.indices = np.asarray(indices, np.int64)
+    first = _example(source, preprocess, self.indices[0])['image']
+    self.shape = (len(self.indices), *first.shape)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, key) -> np.ndarray:
+    chosen = np.atleast_1d(self.indices[key])
+    return _stack(self.source, self.preprocess, chosen)[0]

@@ -4,11 +4,15 @@
 (the config is described in ``experiments/configs/prune.py``) and writes
 into ``workdir``: ``config.json``, ``scores/<criterion>`` (orbax, reused by a
 re-run), ``results.json``, ``results.csv``, ``curve.png`` and
-``heatmaps.png``.
+``heatmaps.png``; with ``config.stability`` ``stability.json`` and
+``stability.png`` (heatmaps of the model pruned by LRP at each rate against
+the unpruned model's), with ``config.faithfulness`` ``faithfulness.json``
+and ``faithfulness.png`` (region perturbation of the heatmaps).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 from typing import Any
@@ -18,18 +22,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import pxp_jax
-from pxp_jax import data, plot
+from pxp_jax import data, faithfulness, plot
 from pxp_jax.jobs import report, task as task_lib, workdir as workdir_lib
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.prune import finetune, ranking
 
-NORMS = {'weight': 1, 'gradient': 2, 'taylor': 2}  # per-layer normalisation
+# Per-layer normalisation (the 2021 reference's --norm): weight and LRP by
+# their layer sum (L1), gradient and Taylor by their L2 norm.
+NORMS = {'lrp': 1, 'weight': 1, 'gradient': 2, 'taylor': 2,
+         'gradient_logit': 2, 'taylor_logit': 2}
+# Region perturbation's baselines (config.perturbation.baseline): a black
+# image (zero raw pixels: the normalised input's lower bound) or the
+# dataset mean (the normalised zero).
+BASELINES = ('black', 'mean')
 
 
 def prune(config, workdir) -> dict[str, Any]:
   """Runs the pruning experiment; returns the dict written to results.json."""
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
+  if config.stability and 'lrp' not in config.criteria:
+    raise ValueError('config.stability needs the lrp criterion (its masks '
+                     f'prune the model), got criteria {config.criteria}')
   workdir_lib.claim(workdir, config)
   start = time.time()
   log = lambda message: _log(start, message)  # noqa: E731
@@ -37,7 +51,12 @@ def prune(config, workdir) -> dict[str, Any]:
   task = task_lib.Task.from_config(config)
   composite, extra = task.composite(config.composite, config.composite_json)
   signed = bool(extra.get('signed', config.signed))
-  images, labels = task.references()
+  # A searched composite comes with the sample count it was searched at.
+  n_per_class = int(extra.get('n_per_class', config.n_per_class))
+  if n_per_class != config.n_per_class:
+    log(f'{config.composite_json} was searched with n_per_class='
+        f'{n_per_class}: using it')
+  images, labels = task.references(n_per_class)
   log(f'{len(labels)} reference samples, {task.units_type}: '
       f'{sum(u.size for u in task.units.values())} units in '
       f'{len(task.units)} layers')
@@ -49,9 +68,10 @@ def prune(config, workdir) -> dict[str, Any]:
     for seed in seeds:
       key = f'random_{seed}' if name == 'random' else name
       criterion = task.criterion(name, composite=composite, signed=signed,
-                                 seed=seed, ig_steps=config.ig_steps)
+                                 seed=seed, ig_steps=config.ig_steps,
+                                 ig_form=config.ig_form)
       s = _cached_scores(workdir / 'scores' / key,
-                         lambda c=criterion: task.score(c))
+                         lambda c=criterion: task.score(c, n_per_class))
       if config.normalize and name in NORMS:
         s = ranking.normalize(s, NORMS[name])
       runs.append(s)
@@ -79,6 +99,16 @@ def prune(config, workdir) -> dict[str, Any]:
                   std=task.preprocess.std,
                   titles=[f'label {int(t)}' for t in labels[chosen]],
                   suptitle=f'{config.model}: LRP input relevance')
+  if config.stability:
+    write_stability(task, composite, masks['lrp'][0], rates, config, workdir)
+    log(f'heatmap stability of {config.stability} images')
+  if config.faithfulness:
+    write_faithfulness(
+        task, {'pruning_composite': composite,
+               'heatmap_composite': task.heatmap_composite()},
+        config, config.eval_split, workdir,
+        title=f'{config.model}: region perturbation')
+    log(f'region perturbation of {config.faithfulness} images')
   print(report.table(results), flush=True)
   log(f'wrote results to {workdir}')
   return results
@@ -124,3 +154,84 @@ def _cached_scores(path: pathlib.Path, compute) -> dict[str, np.ndarray]:
 
 def _log(start, message):
   print(f'[{time.time() - start:6.1f}s] {message}', flush=True)
+
+
+def split_images(task, split: str, count: int):
+  """The first ``count`` images of ``split`` (of the task's classes) and
+  their labels, read batch by batch."""
+  images, labels, have = [], [], 0
+  for batch in task.batches(split):
+    images.append(np.asarray(batch['image']))
+    labels.append(np.asarray(batch['label']))
+    have += len(labels[-1])
+    if have >= count:
+      break
+  if not have:
+    raise ValueError(f'split {split!r} has no images')
+  return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def write_faithfulness(task, named, config, split: str, workdir, *,
+                       title: str) -> dict:
+  """Region perturbation (``pxp_jax.faithfulness``) of the heatmaps of
+  each composite in ``named`` and of random heatmaps, on the first
+  ``config.faithfulness`` images of ``split``, with the options of
+  ``config.perturbation``; writes ``faithfulness.json`` and
+  ``faithfulness.png`` and returns the JSON's dict."""
+  options = config.perturbation
+  if options.baseline not in BASELINES:
+    raise ValueError(f'perturbation.baseline must be one of {BASELINES}, '
+                     f'got {options.baseline!r}')
+  images, labels = split_images(task, split, config.faithfulness)
+  heatmaps = faithfulness.lrp_heatmaps(task.model, task.variables, images,
+                                       labels, named,
+                                       batch_size=config.batch_size)
+  heatmaps['random'] = faithfulness.random_heatmaps(
+      config.seed, images.shape[:3])
+  baseline = task.bounds[0] if options.baseline == 'black' else 0.0
+  results = faithfulness.compare(
+      task.model, task.variables, images, labels, heatmaps,
+      patch_size=options.patch_size, order=options.order,
+      baseline=baseline, steps=options.steps or None,
+      classes=task.classes if task.other_classes == 'excluded' else None)
+  results.update(split=split, baseline_name=options.baseline)
+  workdir = pathlib.Path(workdir)
+  (workdir / 'faithfulness.json').write_text(
+      json.dumps(results, indent=2) + '\n')
+  outputs = ('logit', 'probability')
+  heat = results['heatmaps']
+  plot.perturbation_curves(
+      workdir / 'faithfulness.png', results['fractions'],
+      {o: {f"{n} (AOPC {h[o]['aopc']:.3f})": h[o]['curve']
+           for n, h in heat.items()} for o in outputs},
+      sems={o: {f"{n} (AOPC {h[o]['aopc']:.3f})": h[o]['curve_sem']
+                for n, h in heat.items()} for o in outputs},
+      title=f'{title}: {options.order.upper()}, {options.patch_size}px '
+      f'patches, {len(labels)} {split} images')
+  return results
+
+
+def write_stability(task, composite, masks, rates, config, workdir) -> dict:
+  """Heatmap stability (``pxp_jax.faithfulness.stability``) of the first
+  ``config.stability`` images of ``config.eval_split`` under the masks of
+  one criterion (unit key -> (rates, units)); writes ``stability.json``
+  and ``stability.png`` and returns the JSON's dict."""
+  images, labels = split_images(task, config.eval_split, config.stability)
+  similarities = faithfulness.stability(
+      task.model, task.variables, images, labels, composite, masks,
+      batch_size=config.batch_size)
+  results = faithfulness.summarize_stability(rates, similarities)
+  results.update(criterion='lrp', images=len(labels),
+                 split=config.eval_split, units=task.units_type,
+                 per_image={k: np.asarray(v).tolist()
+                            for k, v in similarities.items()})
+  workdir = pathlib.Path(workdir)
+  (workdir / 'stability.json').write_text(json.dumps(results, indent=2)
+                                          + '\n')
+  plot.stability(
+      workdir / 'stability.png', rates,
+      {k: (results[k]['mean'], results[k]['sem']) for k in similarities},
+      xlabel=f'pruned {task.units_type} (%), by LRP',
+      title=f'{config.model}: LRP heatmaps of the pruned model vs unpruned '
+      f'({len(labels)} images)')
+  return results

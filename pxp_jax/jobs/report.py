@@ -32,45 +32,81 @@ def evaluate(task, scores: Mapping[str, Sequence[Mapping]], rates, split: str,
 
   Returns:
     ``(results, masks)``: ``{'unpruned_accuracy', 'split', 'criteria':
-    {name: summary}}`` (``accuracy_per_seed`` where several seeds) and
-    ``{name: [masks per seed]}``.
+    {name: summary}}`` and ``{name: [masks per seed]}``. A criterion with
+    several seeds is summarised by its mean curve, with the standard error
+    of the mean over seeds (``a_pr_sem``, ``auc_sem``, ``accuracy_sem`` per
+    rate, as the PXP paper reports random pruning) and
+    ``accuracy_per_seed``.
   """
   rates = list(rates)
   masks = {name: [ranking.masks(s, rates, per_layer=per_layer,
                                   keep_one=keep_one) for s in runs]
            for name, runs in scores.items()}
-  flat = {(name, i): m for name, runs in masks.items()
+  flat = {f'{name}#{i}': m for name, runs in masks.items()
           for i, m in enumerate(runs)}
-  accuracy = task.accuracy({f'{n}#{i}': m for (n, i), m in flat.items()},
-                           split, cached=cached)
+  if rates[0] != 0:  # the unpruned model is not among the rows: add it
+    some = next(iter(flat.values()))
+    flat['unpruned'] = {k: np.ones_like(v[:1]) for k, v in some.items()}
+  accuracy = task.accuracy(flat, split, cached=cached)
   curves = {name: np.stack([accuracy[f'{name}#{i}'] for i in range(len(runs))])
             for name, runs in masks.items()}
-  unpruned = float(next(iter(curves.values()))[0, 0])  # rate 0 prunes nothing
-  results = {'unpruned_accuracy': unpruned, 'split': split, 'criteria': {}}
+  unpruned = float(accuracy['unpruned'][0] if 'unpruned' in accuracy
+                   else next(iter(curves.values()))[0, 0])
+  results = {'unpruned_accuracy': unpruned, 'split': split,
+             'classes': task.classes, 'criteria': {}}
   for name, runs in curves.items():
     summary = metrics.summarize(rates, runs.mean(0), unpruned)
     if len(runs) > 1:
+      summary.update(metrics.standard_errors(rates, runs))
       summary['accuracy_per_seed'] = runs.tolist()
     results['criteria'][name] = summary
   return results, masks
 
 
+def over_draws(runs: Sequence[Mapping]) -> dict:
+  """The results of several draws (each from ``evaluate``) summarised:
+  every criterion's mean curve over draws, its summary, and the standard
+  errors over draws (``a_pr_sem``, ``auc_sem``, ``accuracy_sem``), with
+  ``accuracy_per_draw`` and each draw's ``classes``."""
+  first = runs[0]
+  unpruned = np.array([r['unpruned_accuracy'] for r in runs])
+  out = {'unpruned_accuracy': float(unpruned.mean()),
+         'unpruned_accuracy_sem': float(np.std(unpruned, ddof=1)
+                                        / np.sqrt(len(runs))),
+         'split': first['split'], 'draws': len(runs),
+         'classes': [r.get('classes') for r in runs], 'criteria': {}}
+  for name, c in first['criteria'].items():
+    curves = np.array([r['criteria'][name]['accuracy'] for r in runs])
+    summary = metrics.summarize(c['rates'], curves.mean(0),
+                                out['unpruned_accuracy'])
+    summary.update(metrics.standard_errors(c['rates'], curves))
+    summary['accuracy_per_draw'] = curves.tolist()
+    out['criteria'][name] = summary
+  return out
+
+
 def table(results) -> str:
-  """Criteria x (A_PR, AUC, Top-PR, accuracy at 30/50/70% pruned)."""
+  """Criteria x (A_PR, AUC, Top-PR, accuracy at 30/50/70% pruned); ``±``
+  the standard error over seeds where there are several."""
   head = ['criterion', 'A_PR', 'AUC', 'Top-PR'] + [
       f'acc@{int(r * 100)}%' for r in REPORTED_RATES]
   lines = []
   for name, c in results['criteria'].items():
     at = dict(zip(np.round(c['rates'], 4), c['accuracy']))
-    lines.append([name, f"{c['a_pr']:.4f}", f"{c['auc']:.4f}",
+    sem = lambda key: (f" ±{c[key + '_sem']:.4f}"  # noqa: E731
+                       if key + '_sem' in c else '')
+    lines.append([name, f"{c['a_pr']:.4f}{sem('a_pr')}",
+                  f"{c['auc']:.4f}{sem('auc')}",
                   f"{c['top_pr']:.2f}"] + [
                       f'{at[r]:.4f}' if r in at else '-'
                       for r in REPORTED_RATES])
   widths = [max(len(h), *(len(l[i]) for l in lines))
             for i, h in enumerate(head)]
   fmt = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+  over = (f", mean of {results['draws']} draws, ± standard error"
+          if 'draws' in results else '')
   return '\n'.join([f"unpruned accuracy {results['unpruned_accuracy']:.4f} "
-                    f"({results['split']} split)", fmt(head),
+                    f"({results['split']} split{over})", fmt(head),
                     *map(fmt, lines)])
 
 

@@ -1,14 +1,15 @@
 """Optimising the attribution for pruning: a Bayesian search over composites.
 
 Hatefi et al., "Pruning By Explaining Revisited" (2024): per layer group
-(low, middle and high convs; dense layers) choose the LRP rule among Epsilon,
-Gamma, ZPlus and AlphaBeta(2, 1), here together with the eps and gamma the
-reference leaves at defaults, and whether units are ranked by |R| or by
-signed R, to maximise A_PR (mean accuracy over pruning rates). Unlike the
+(low, middle and high convs by stage; dense layers) choose the LRP rule
+among Epsilon, Gamma, ZPlus and AlphaBeta(2, 1), here together with the eps
+and gamma the reference leaves at defaults, whether biases take relevance,
+and whether units are ranked by |R| or by signed R, to maximise A_PR (mean
+accuracy over pruning rates) or the AUC (``config.objective``). Unlike the
 reference, the search scores trials on a validation split and the final
 comparison is on the test split. For ViTs the groups are blocks (the patch
-embedding is low, the head is fc) and the attention rule, AttnLRP or
-CP-LRP, is searched too.
+embedding is low, the head is fc) and the attention rule (AttnLRP, the
+two z+ softmax rules or CP-LRP) is searched too.
 
 Every trial reuses the same compiled programs, the relevance collection
 (rules are array leaves: ``dynamic_rules=True``; one program per attention
@@ -34,8 +35,10 @@ from matplotlib.figure import Figure
 
 from pxp_jax import composites, rules
 from pxp_jax.jobs import report, task as task_lib, workdir as workdir_lib
+from pxp_jax.jobs.prune import write_faithfulness
 
 STUDY = 'pxp_search'
+OBJECTIVES = {'a_pr': 'A_PR', 'auc': 'AUC'}  # config.objective -> its name
 
 
 def _validate_space(space) -> None:
@@ -58,6 +61,12 @@ def _validate_space(space) -> None:
                        f'({low}, {high})')
   if not space.signed:
     raise ValueError('space.signed must allow False, True or both')
+  if not space.zero_bias:
+    raise ValueError('space.zero_bias must allow False, True or both')
+  if space.boundaries and (len(space.boundaries) != 2 or not
+                           0 <= space.boundaries[0] <= space.boundaries[1] <= 1):
+    raise ValueError('space.boundaries must be () for the stages or (b1, b2) '
+                     f'with 0 <= b1 <= b2 <= 1, got {space.boundaries}')
   unknown = set(space.attention) - set(composites.ATTENTION_RULES)
   if not space.attention or unknown:
     raise ValueError(f'space.attention must name one or more of '
@@ -74,8 +83,9 @@ def composite_from_params(params: dict[str, Any], space,
   for group in space.groups:
     chosen[group] = rules.linear_rule(
         params[f'{group}.rule'], eps=params[f'{group}.eps'],
-        gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0)
-  boundaries = tuple(space.boundaries)
+        gamma=params[f'{group}.gamma'], alpha=2.0, beta=1.0,
+        zero_bias=params.get('zero_bias', False))
+  boundaries = tuple(space.boundaries) or None  # (): the family's stages
   if 'attention' in params:  # a transformer's attention rule
     chosen['attention'] = params['attention']
   return composites.get(preset, **chosen, boundaries=boundaries)
@@ -88,6 +98,7 @@ def _suggest(trial: optuna.Trial, space, vit: bool) -> dict[str, Any]:
     trial.suggest_float(f'{group}.gamma', *space.gamma, log=True)
   if vit:
     trial.suggest_categorical('attention', list(space.attention))
+  trial.suggest_categorical('zero_bias', list(space.zero_bias))
   trial.suggest_categorical('signed', list(space.signed))
   if space.n_per_class:
     trial.suggest_categorical('n_per_class', list(space.n_per_class))
@@ -118,10 +129,11 @@ class _Problem:
   def composite(self, params: dict[str, Any]) -> composites.Composite:
     return composite_from_params(params, self.config.space, self.preset)
 
-  def a_pr(self, scores, split: str) -> float:
+  def objective(self, scores, split: str) -> float:
+    """The search's objective (A_PR or AUC) of ``scores`` on ``split``."""
     results, _ = report.evaluate(self.task, {'lrp': [scores]}, self.rates,
-                                 split, cached=True)
-    return results['criteria']['lrp']['a_pr']
+                                 split, cached=self.config.cache_eval)
+    return results['criteria']['lrp'][self.config.objective]
 
 
 def search(config, workdir, *, n_trials: int, timeout: float | None = None
@@ -131,6 +143,9 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   _validate_space(config.space)
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f'objective must be one of {OBJECTIVES}, got '
+                     f'{config.objective!r}')
   workdir_lib.claim(workdir, config)
   start = time.time()
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
@@ -143,13 +158,15 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
       composite = problem.composite(params)
       scores = problem.scores('lrp', composite, signed=params['signed'],
                               n_per_class=params.get('n_per_class'))
-      a_pr = problem.a_pr(scores, config.validation_split)
+      value = problem.objective(scores, config.validation_split)
     trial.set_user_attr('compiles', compiles[0])
-    return a_pr
+    return value
+
+  metric = OBJECTIVES[config.objective]
 
   def progress(study, trial):
     best = study.best_trial
-    print(f'[{time.time() - start:6.1f}s] trial {trial.number}: A_PR '
+    print(f'[{time.time() - start:6.1f}s] trial {trial.number}: {metric} '
           f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number}); '
           f'{trial.user_attrs["compiles"]} XLA compilations', flush=True)
 
@@ -170,17 +187,19 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                'signed': best.params['signed'],
                'n_per_class': best.params.get('n_per_class',
                                               config.n_per_class),
-               'validation_a_pr': best.value}
+               f'validation_{config.objective}': best.value}
   (workdir / 'best_composite.json').write_text(
       json.dumps(best_json, indent=2) + '\n')
-  _write_trials(workdir / 'trials.csv', study)
-  _plot_study(workdir, study)
+  _write_trials(workdir / 'trials.csv', study, config.objective)
+  _plot_study(workdir, study, metric)
   comparison = _compare(problem, best.params, config)
   report.write(workdir, 'comparison', comparison,
                xlabel=f'pruned {problem.task.units_type} (%)',
                title=f'{config.model}: optimised LRP vs baselines '
                f'({config.test_split} split)')
   print(report.table(comparison), flush=True)
+  if config.faithfulness:
+    _faithfulness(problem, best.params, config, workdir)
   return comparison
 
 
@@ -239,11 +258,11 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
 
 def _default_params(space, vit: bool) -> dict[str, Any] | None:
   """The usual composite as trial parameters, if the space contains it: for
-  a CNN the 2021 paper's (ZPlus on convs, Epsilon on dense layers), for a ViT
-  AttnLRP's (Epsilon everywhere); ranked by |R|."""
+  a CNN the 2021 paper's (ZPlus without bias everywhere), for a ViT
+  AttnLRP's (Epsilon everywhere, with biases); ranked by |R|."""
   params = {}
   for group in space.groups:
-    rule = 'epsilon' if vit or group == 'fc' else 'zplus'
+    rule = 'epsilon' if vit else 'zplus'
     if rule not in space.rules:
       return None
     params.update({f'{group}.rule': rule,
@@ -253,6 +272,9 @@ def _default_params(space, vit: bool) -> dict[str, Any] | None:
     if 'attn_lrp' not in space.attention:
       return None
     params['attention'] = 'attn_lrp'
+  if (not vit) not in space.zero_bias:
+    return None
+  params['zero_bias'] = not vit
   if False not in space.signed:
     return None
   params['signed'] = False
@@ -264,15 +286,14 @@ def _default_params(space, vit: bool) -> dict[str, Any] | None:
 def _compare(problem: _Problem, params, config) -> dict[str, Any]:
   """The optimised composite against the baselines, on the test split.
 
-  ``epsilon`` is Epsilon on every layer and ``pxp_2021`` ZPlus on the
-  feature layers with Epsilon on the classifier, the 2021 paper's composite
-  (for a transformer: on the blocks' linear layers and the patch embedding,
-  with AttnLRP's other rules); a transformer adds CP-LRP (Epsilon
-  everywhere), LXT's default. ``random`` averages ``config.random_seeds``
-  seeds."""
-  eps, zplus = rules.epsilon(), rules.zplus()
+  ``epsilon`` is Epsilon on every layer and ``pxp_2021`` ZPlus without
+  bias on every layer, the 2021 paper's composite (for a transformer: on
+  the linear layers, with AttnLRP's other rules); a transformer adds CP-LRP
+  (Epsilon everywhere), LXT's default. ``random`` averages
+  ``config.random_seeds`` seeds (mean and standard error)."""
+  eps, zplus = rules.epsilon(), rules.zplus(zero_bias=True)
   groups = functools.partial(composites.get, problem.preset,
-                             boundaries=tuple(config.space.boundaries))
+                             boundaries=tuple(config.space.boundaries) or None)
   extra = {}
   if problem.transformer:
     extra['cp_lrp'] = problem.scores('lrp', groups(attention='cp_lrp'))
@@ -283,7 +304,7 @@ def _compare(problem: _Problem, params, config) -> dict[str, Any]:
       'epsilon': problem.scores('lrp', groups(low=eps, middle=eps, high=eps,
                                               fc=eps)),
       'pxp_2021': problem.scores('lrp', groups(low=zplus, middle=zplus,
-                                               high=zplus, fc=eps)),
+                                               high=zplus, fc=zplus)),
       **extra,
       'weight': problem.scores('weight'),
   }
@@ -291,16 +312,47 @@ def _compare(problem: _Problem, params, config) -> dict[str, Any]:
   scores['random'] = [problem.scores('random', seed=s)
                       for s in range(config.random_seeds)]
   results, _ = report.evaluate(problem.task, scores, problem.rates,
-                               config.test_split, cached=True)
+                               config.test_split, cached=config.cache_eval)
   return results
 
 
-def _write_trials(path, study):
+def _faithfulness(problem: _Problem, params, config, workdir) -> dict:
+  """Region perturbation of the heatmaps of the optimised composite and the
+  usual ones on ``config.faithfulness`` test images (faithfulness.json and
+  .png): for a CNN Epsilon everywhere, the 2021 composite (ZPlus without
+  bias), EpsilonPlus and EpsilonGammaBox; for a transformer AttnLRP and
+  CP-LRP; and random heatmaps."""
+  task = problem.task
+  named = {'optimised': problem.composite(params)}
+  if problem.transformer:
+    named.update(attn_lrp=composites.attn_lrp(), cp_lrp=composites.cp_lrp())
+  else:
+    eps, zplus = rules.epsilon(), rules.zplus(zero_bias=True)
+    groups = functools.partial(
+        composites.get, problem.preset,
+        boundaries=tuple(config.space.boundaries) or None)
+    named.update(
+        epsilon=groups(low=eps, middle=eps, high=eps, fc=eps),
+        pxp_2021=groups(low=zplus, middle=zplus, high=zplus, fc=zplus),
+        epsilon_plus=composites.epsilon_plus(),
+        epsilon_gamma_box=task.composite('epsilon_gamma_box')[0])
+  results = write_faithfulness(
+      task, named, config, config.test_split, workdir,
+      title=f'{config.model}: optimised LRP vs the usual composites')
+  heat = results['heatmaps']
+  print('region perturbation (AOPC of the label logit / probability):\n'
+        + '\n'.join(f"  {name:18s} {h['logit']['aopc']:8.4f}  "
+                    f"{h['probability']['aopc']:.4f}"
+                    for name, h in heat.items()), flush=True)
+  return results
+
+
+def _write_trials(path, study, objective: str):
   trials = study.get_trials(deepcopy=False)
   names = sorted({k for t in trials for k in t.params})
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['number', 'state', 'a_pr', 'seconds', 'compiles',
+    writer.writerow(['number', 'state', objective, 'seconds', 'compiles',
                      *names])
     for t in trials:
       seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
@@ -310,18 +362,18 @@ def _write_trials(path, study):
                        *[t.params.get(k, '') for k in names]])
 
 
-def _plot_study(workdir: pathlib.Path, study) -> None:
+def _plot_study(workdir: pathlib.Path, study, metric: str) -> None:
   """Optimisation history and parameter importances as PNG."""
   complete = [t for t in study.trials
               if t.state == optuna.trial.TrialState.COMPLETE]
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
   values = [t.value for t in complete]
-  ax.plot([t.number for t in complete], values, 'o', label='trial A_PR')
+  ax.plot([t.number for t in complete], values, 'o', label=f'trial {metric}')
   ax.plot([t.number for t in complete], np.maximum.accumulate(values), '-',
           label='best so far')
   ax.set_xlabel('trial')
-  ax.set_ylabel('validation A_PR')
+  ax.set_ylabel(f'validation {metric}')
   ax.legend()
   fig.tight_layout()
   fig.savefig(workdir / 'history.png', dpi=120)

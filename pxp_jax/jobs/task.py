@@ -16,6 +16,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax
 import numpy as np
 
 from pxp_jax import checkpoints, composites, data, structure
@@ -27,13 +28,29 @@ from pxp_jax.prune import criteria, metrics, sweep
 class Task:
   """A model, its data and reference samples, and the units to prune.
 
-  Attributes mirror the config fields of ``experiments/configs``: ``model``
-  (a checkpoint name or folder), ``dataset`` and ``data_dir`` ('' = the
-  checkpoint's), ``classes`` (the few-class task; () = all),
-  ``reference_split``, ``n_per_class``, ``seed``, ``units`` ('' = the
-  family's default), ``absolute_tokens`` (None = the family's default),
-  ``batch_size`` (reference samples per relevance pass) and
-  ``eval_batch_size``.
+  Attributes (the config fields of ``experiments/configs``):
+    model_name: a checkpoint name or folder.
+    dataset, data_dir: the data ('' = the checkpoint's dataset, TFDS's
+      default folder).
+    classes: the few-class task (() = all classes).
+    class_draw: > 0 draws that many of the model's classes at random with
+      ``seed`` instead (the PXP reference's few-class tasks; ``classes``
+      must then be empty).
+    reference_split, n_per_class, seed: the seeded reference samples.
+    holdout_per_class: evaluating on the reference split always leaves the
+      reference samples out; > 0 also keeps only that many examples of
+      each class there (seeded): a search's validation images taken from
+      the train split, disjoint from the reference samples.
+    units_type: filters, neurons or heads ('' = the family's default).
+    absolute_tokens: LRP's |R| per token rather than per sample (unsigned
+      ranking only).
+    batch_size, eval_batch_size: samples per relevance pass and per
+      evaluation batch.
+    other_classes: how a few-class task drops the other classes:
+      ``'excluded'`` (their logits are -inf: the argmax runs over the chosen
+      classes) or ``'zeroed'`` (the PXP reference's: their rows of the
+      classifier's kernel and bias are zero, so their logits are 0 and the
+      argmax runs over all classes; every criterion sees that model).
   """
 
   model_name: str
@@ -44,9 +61,12 @@ class Task:
   n_per_class: int = 10
   seed: int = 0
   units_type: str = ''
-  absolute_tokens: bool | None = None
+  absolute_tokens: bool = True
   batch_size: int = 32
   eval_batch_size: int = 512
+  other_classes: str = 'excluded'
+  class_draw: int = 0
+  holdout_per_class: int = 0
 
   def __post_init__(self):
     self.model, self.variables = checkpoints.load(self.model_name)
@@ -54,15 +74,24 @@ class Task:
     self.num_classes = self.recipe['num_classes']
     self.preprocess = data.Preprocess(**self.recipe['preprocess'])
     self.dataset = self.dataset or self.recipe['dataset']
-    self.classes = list(self.classes) or None
+    if self.class_draw:
+      if self.classes:
+        raise ValueError('give classes or class_draw, not both')
+      self.classes = draw_classes(self.num_classes, self.class_draw, self.seed)
+    self.classes = _checked_classes(self.classes, self.num_classes)
     self.spec = spec_lib.spec_for(self.model)
     size = self.preprocess.crop_size
     self.found = structure.trace(self.model, self.variables,
                                  (1, size, size, 3))
+    if self.other_classes not in OTHER_CLASSES:
+      raise ValueError(f'other_classes must be one of {OTHER_CLASSES}, got '
+                       f'{self.other_classes!r}')
+    if self.classes and self.other_classes == 'zeroed':
+      self.variables = zero_other_classes(
+          self.variables, self.spec.classifier or self.found.output_layer,
+          self.classes)
     self.units_type = self.units_type or self.spec.default_units(self.found)
-    if self.absolute_tokens is None:
-      self.absolute_tokens = self.spec.absolute_tokens(self.found)
-    self._references, self._arrays = {}, {}
+    self._references, self._samples, self._arrays = {}, {}, {}
 
   @classmethod
   def from_config(cls, config) -> 'Task':
@@ -70,7 +99,8 @@ class Task:
                tuple(config.classes), config.reference_split,
                config.n_per_class, config.seed, config.units,
                config.absolute_tokens, config.batch_size,
-               config.eval_batch_size)
+               config.eval_batch_size, config.other_classes,
+               config.class_draw, config.holdout_per_class)
 
   # Data ----------------------------------------------------------------------
 
@@ -78,25 +108,58 @@ class Task:
     """The data source of split ``name``."""
     return data.load(self.dataset, name, data_dir=self.data_dir or None)
 
-  def references(self, n_per_class: int | None = None):
-    """The seeded reference samples ``(images, labels)``, ``n_per_class``
-    of each class (default: the task's)."""
+  def reference_indices(self, n_per_class: int | None = None) -> np.ndarray:
+    """Indices into the reference split of the seeded reference samples,
+    ``n_per_class`` of each class (default: the task's)."""
     n = n_per_class or self.n_per_class
     if n not in self._references:
-      self._references[n] = data.reference_batch(
-          self.split(self.reference_split), self.preprocess, n,
-          seed=self.seed, classes=self.classes)
+      self._references[n] = data.reference_samples(
+          self.split(self.reference_split), n, seed=self.seed,
+          classes=self.classes)
     return self._references[n]
 
+  def references(self, n_per_class: int | None = None):
+    """The reference samples ``(images, labels)``: images in memory, or a
+    ``data.Images`` read batch by batch when they would take over
+    ``IN_MEMORY_BYTES``."""
+    n = n_per_class or self.n_per_class
+    if n not in self._samples:
+      indices = self.reference_indices(n)
+      source = self.split(self.reference_split)
+      images = data.Images(source, self.preprocess, indices)
+      if np.prod(images.shape) * 4 <= IN_MEMORY_BYTES:
+        images = images[:]
+      self._samples[n] = (images,
+                          data.labels_of(source)[indices].astype(np.int32))
+    return self._samples[n]
+
+  def source(self, split: str):
+    """The examples of ``split`` that evaluation reads: those of the task's
+    classes; on the reference split, none of the reference samples drawn so
+    far, and ``holdout_per_class`` of each class if set."""
+    source = self.split(split)
+    labels = data.labels_of(source)
+    keep = (np.ones(len(labels), bool) if self.classes is None
+            else np.isin(labels, self.classes))
+    if split == self.reference_split:
+      self.reference_indices()
+      for drawn in self._references.values():
+        keep[drawn] = False
+      if self.holdout_per_class:
+        rest = data.Subset(source, np.flatnonzero(keep))
+        held = data.reference_samples(rest, self.holdout_per_class,
+                                      seed=self.seed + 1, classes=self.classes)
+        return data.Subset(source, rest.indices[held])
+    return source if keep.all() else data.Subset(source, np.flatnonzero(keep))
+
   def batches(self, split: str, *, cached: bool = False):
-    """Evaluation batches of ``split``: streamed, or held in memory when
-    ``cached`` (what a search re-reads every trial)."""
+    """Evaluation batches of ``split`` (``source``): streamed, or held in
+    memory when ``cached`` (what a search re-reads every trial)."""
     if not cached:
-      return data.batches(self.split(split), self.preprocess,
-                          self.eval_batch_size, classes=self.classes)
+      return data.batches(self.source(split), self.preprocess,
+                          self.eval_batch_size)
     if split not in self._arrays:
-      images, labels = data.as_arrays(self.split(split), self.preprocess,
-                                      classes=self.classes)
+      images, labels = data.as_arrays(self.source(split), self.preprocess)
       step = self.eval_batch_size
       self._arrays[split] = [dict(image=images[i:i + step],
                                   label=labels[i:i + step])
@@ -141,7 +204,7 @@ class Task:
     return composites.for_model(self.model, low, high, found=self.found)
 
   def criterion(self, name: str, *, composite=None, signed: bool = False,
-                seed: int = 0, ig_steps: int = 16,
+                seed: int = 0, ig_steps: int = 20, ig_form: str = 'reference',
                 dynamic_rules: bool = False) -> criteria.Criterion:
     """Criterion ``name`` with the task's options (``seed`` is added to the
     task's seed)."""
@@ -150,7 +213,7 @@ class Task:
                     absolute_tokens=self.absolute_tokens,
                     dynamic_rules=dynamic_rules),
         'random': dict(seed=self.seed + seed),
-        'integrated_gradients': dict(steps=ig_steps),
+        'integrated_gradients': dict(steps=ig_steps, form=ig_form),
     }.get(name, {})
     if name == 'lrp' and composite is None:
       raise ValueError('the lrp criterion needs a composite')
@@ -173,8 +236,53 @@ class Task:
     accuracy = sweep.sweep_accuracy(
         self.model, self.variables if variables is None else variables,
         self.batches(split, cached=cached), metrics.stack(masks),
-        self.num_classes, self.classes)
+        self.num_classes,
+        self.classes if self.other_classes == 'excluded' else None)
     rows = [len(next(iter(masks[n].values()))) for n in names]
     starts = np.cumsum([0, *rows])
     return {n: accuracy[starts[i]:starts[i + 1]] for i, n in enumerate(names)}
 
+
+
+OTHER_CLASSES = ('excluded', 'zeroed')
+IN_MEMORY_BYTES = 2**30  # larger reference sets are read batch by batch
+
+
+def draw_classes(num_classes: int, count: int, seed: int) -> list[int]:
+  """``count`` of ``num_classes`` classes drawn without replacement with
+  ``np.random.default_rng(seed)``, sorted (the PXP reference draws its
+  few-class tasks with the run's seed)."""
+  if not 2 <= count <= num_classes:
+    raise ValueError(f'class_draw must lie in [2, {num_classes}], got {count}')
+  rng = np.random.default_rng(seed)
+  return sorted(int(c) for c in rng.choice(num_classes, count, replace=False))
+
+
+def _checked_classes(classes, num_classes: int) -> list[int] | None:
+  """The few-class task's classes (None: all), or a clear error."""
+  classes = [int(c) for c in classes]
+  if not classes:
+    return None
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise ValueError(f'classes {bad} are not classes of this model (0 to '
+                     f'{num_classes - 1})')
+  if len(set(classes)) != len(classes) or len(classes) < 2:
+    raise ValueError(f'classes must name at least two different classes, got '
+                     f'{tuple(classes)}: with one class every pruned model '
+                     'is 100% accurate')
+  return classes
+
+
+def zero_other_classes(variables, classifier: str, classes: Sequence[int]):
+  """``variables`` with the classifier's kernel columns and bias entries of
+  every class not in ``classes`` set to zero (the PXP reference's few-class
+  task: those logits are 0)."""
+  flat = flax.traverse_util.flatten_dict(variables, sep='.')
+  keep = np.zeros(np.shape(flat[f'params.{classifier}.kernel'])[-1], bool)
+  keep[list(classes)] = True
+  for name in ('kernel', 'bias'):
+    key = f'params.{classifier}.{name}'
+    if key in flat:
+      flat[key] = flat[key] * keep.astype(np.asarray(flat[key]).dtype)
+  return flax.traverse_util.unflatten_dict(flat, sep='.')

@@ -70,7 +70,8 @@ def attribute(model, variables, inputs, targets,
       reference's choice), ``'logit'`` from the target logit.
     absolute_tokens: for units that span tokens (dense layers over tokens
       and heads over queries), sum ``|R|`` over tokens instead of ``R``, as
-      the PXP reference does for ViTs.
+      the PXP reference does for ViTs (a traced flag: either choice runs
+      the same compiled program).
     dynamic_rules: compile one program for every choice of linear-layer rule
       (``LinearRule.rule`` read at run time): what a search over rules wants.
       By default the rule of each entry is fixed when the program is
@@ -108,7 +109,7 @@ def attribute(model, variables, inputs, targets,
     found = structure.trace(model, variables, inputs.shape, inputs.dtype)
     found.sites(masks)  # a clear error for unknown unit keys
   result = _attribute(model, variables, inputs, targets, composite, masks,
-                      init, absolute_tokens,
+                      init, jnp.asarray(absolute_tokens, bool),
                       None if dynamic_rules else fixed_rules(composite),
                       input_relevance)
   if not isinstance(targets, jax.core.Tracer):
@@ -172,8 +173,7 @@ def compiled_programs() -> int:
   return _attribute._cache_size()  # pylint: disable=protected-access
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'init',
-                                             'absolute_tokens', 'fixed',
+@functools.partial(jax.jit, static_argnames=('model', 'init', 'fixed',
                                              'with_input'))
 def _attribute(model, variables, inputs, targets, composite, masks, init,
                absolute_tokens, fixed, with_input):
@@ -181,8 +181,8 @@ def _attribute(model, variables, inputs, targets, composite, masks, init,
   plan = composite.plan(found, spec_lib.spec_for(model))
   canonical = composite.canonize(variables, found)
   units = found.units()
-  probes = {key: jnp.ones(_probe_shape(found, unit, absolute_tokens),
-                          inputs.dtype) for key, unit in units.items()}
+  probes = {key: jnp.ones(_probe_shape(found, unit), inputs.dtype)
+            for key, unit in units.items()}
   input_probe = jnp.zeros_like(inputs)
 
   def forward(inputs, probes, input_probe):
@@ -223,25 +223,24 @@ def _attribute(model, variables, inputs, targets, composite, masks, init,
     elif g.ndim > 2:  # (batch, [positions or] tokens or 1, units)
       g = g.reshape(g.shape[0], -1, g.shape[-1])
     if g.ndim == 3:
-      g = jnp.sum(jnp.abs(g) if absolute_tokens else g, axis=1)
+      g = jnp.sum(jnp.where(absolute_tokens, jnp.abs(g), g), axis=1)
     if masks is not None and key in masks:
       g = g * masks[key]
     out[key] = g
   return Attribution(logits=logits, input=input_relevance, units=out)
 
 
-def _probe_shape(found, unit: structure.Unit, absolute_tokens: bool
-                 ) -> tuple[int, ...]:
-  """Ones broadcast against the site's output: (B, 1, 1, C) for conv maps,
-  (B, 1 or T, C) for token sequences, (B, H, 1 or Q, 1) for attention."""
+def _probe_shape(found, unit: structure.Unit) -> tuple[int, ...]:
+  """Ones broadcast against the site's output: (B, 1, 1, C) for conv maps
+  (relevance summed over space), (B, T, C) for token sequences and (B, H,
+  Q, 1) for attention (relevance per token or query, summed afterwards with
+  or without the absolute value)."""
   shape = found.shape_of(unit.site)
   if unit.spans == 'queries':  # (B, heads, queries, keys)
-    return (shape[0], shape[1], shape[2] if absolute_tokens else 1, 1)
+    return (shape[0], shape[1], shape[2], 1)
   if unit.spans == 'space':  # (B, H, W, C)
     return (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)
-  if len(shape) == 3:  # tokens (B, T, C)
-    return (shape[0], shape[1] if absolute_tokens else 1, shape[-1])
-  return (shape[0], shape[-1])
+  return tuple(shape)  # tokens (B, T, C) or (B, C)
 
 
 class _Signs:

@@ -34,15 +34,18 @@ class Select:
     path: a regular expression that must match the whole dotted path.
     first: only the first conv or dense layer of the model.
     group: only the layers of this layer group (``GROUPS``) as the model's
-      family spec splits them at ``boundaries`` (``pxp_jax.models.spec``).
-    boundaries: where the middle and high groups start, as fractions.
+      family spec splits them (``pxp_jax.models.spec``): by stage, or at
+      ``boundaries``.
+    boundaries: None for the family's stages (the PXP reference's groups),
+      or where the middle and high groups start, as fractions of the layers
+      (a ViT's blocks) in call order.
   """
 
   kinds: tuple[Kind, ...] = ()
   path: str | None = None
   first: bool = False
   group: str | None = None
-  boundaries: tuple[float, float] = (1 / 3, 2 / 3)
+  boundaries: tuple[float, float] | None = None
 
   def __post_init__(self):
     bad = [k for k in self.kinds if not isinstance(k, Kind)]
@@ -52,10 +55,11 @@ class Select:
     if self.group is not None and self.group not in GROUPS:
       raise ValueError(f'unknown layer group {self.group!r}; use one of '
                        f'{GROUPS}')
-    b1, b2 = self.boundaries
-    if not 0 <= b1 <= b2 <= 1:
-      raise ValueError(f'boundaries must satisfy 0 <= b1 <= b2 <= 1, got '
-                       f'{self.boundaries}')
+    if self.boundaries is not None and (
+        len(self.boundaries) != 2
+        or not 0 <= self.boundaries[0] <= self.boundaries[1] <= 1):
+      raise ValueError(f'boundaries must be None (by stage) or (b1, b2) with '
+                       f'0 <= b1 <= b2 <= 1, got {self.boundaries}')
 
   def covers(self, op: structure.Op, model_map: '_ModelMap') -> bool:
     if self.kinds and op.kind not in self.kinds:

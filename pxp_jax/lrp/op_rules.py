@@ -136,6 +136,22 @@ class StopRelevance(_OpRule):
     return call.pure()(*[jax.lax.stop_gradient(a) for a in call.args])
 
 
+@_register('softmax_zplus')
+@flax.struct.dataclass
+class SoftmaxZPlus(_OpRule):
+  """The z+ rule on the softmax's first-order expansion around 0, with or
+  without the virtual bias (``virtual_bias`` 1 or 0): the PXP reference's
+  ``ZPlus_vbias_T`` / ``ZPlus_vbias_F`` attention options (Hatefi et al.,
+  2024). See ``softmax_zplus``."""
+  virtual_bias: Any = 1.0
+  eps: Any = 1e-6
+
+  def apply(self, call, proceed, context):
+    del proceed, context
+    return softmax_zplus(call.args[0], self.virtual_bias, self.eps,
+                         fn=call.pure())
+
+
 def norm(op: Callable, xs: tuple, eps):
   """``op(*xs)`` for a linear ``op`` (residual sum, average pooling) with the
   Norm rule: ``R_i = x_i * J_i^T [R / stab(op(x))]`` (zennit's Norm: Epsilon
@@ -231,3 +247,80 @@ def matmul_half(a, b, eps):
 
   f.defvjp(fwd, bwd)
   return f(a, b, jnp.asarray(eps))
+
+
+def _leave_one_out(v):
+  """``sum_{i != j} v_i`` for every j along the last axis, from an exclusive
+  prefix and an exclusive suffix sum: no ``sum - v_j``, which loses the
+  small remainder when one term dominates."""
+  zero = jnp.zeros_like(v[..., :1])
+  before = jnp.concatenate([zero, jnp.cumsum(v, -1)[..., :-1]], -1)
+  after = jnp.concatenate(
+      [jax.lax.cumsum(v, v.ndim - 1, reverse=True)[..., 1:], zero], -1)
+  return before + after
+
+
+def softmax_zplus(x, virtual_bias, eps, *, fn: Callable | None = None):
+  """``softmax(x)`` over the last axis with the z+ rule on its first-order
+  expansion around the reference point 0, as the PXP reference code does
+  (Hatefi et al., 2024, ``IRefXGSoftmaxRuleVMAP``; the z+ rule of Montavon
+  et al. applied to the softmax's linearisation).
+
+  Per row ``S = softmax(x)`` with Jacobian ``J_ij = S_i (delta_ij - S_j)``,
+  the contributions are ``Z_ij = x_i J_ij`` and
+
+    den_j = sum_i max(Z_ij, 0) + virtual_bias * max(b_j, 0),
+    b_j = S_j - sum_i Z_ij = S_j (1 - x_j + sum_i x_i S_i)  (what the
+      linearisation misses, kept as a bias),
+    R_i = sum_j max(Z_ij, 0) R_j / stab(den_j).
+
+  In closed form, without the (K, K) Jacobian: with ``n_i = S_i max(-x_i, 0)``
+  (off the diagonal ``max(Z_ij, 0) = n_i S_j``) and ``p_i = S_i (1 - S_i)
+  max(x_i, 0)`` (the diagonal), ``den_j = S_j sum_{i != j} n_i + p_j
+  (+ bias)`` and ``R_i = n_i sum_{j != i} S_j c_j + p_i c_i``, ``c_j = R_j /
+  stab(den_j)``. In the gradient x input convention ``R_j = S_j g_j`` and the
+  cotangent at ``x`` is ``R_i / x_i = -S_i [x_i < 0] sum_{j != i} S_j c_j +
+  S_i (1 - S_i) [x_i > 0] c_i`` (no division by ``x``).
+
+  Args:
+    x: scores, softmax over the last axis.
+    virtual_bias: 1 to keep the remainder ``b`` as a bias in the
+      denominator, 0 to drop it (array leaf: both share one program).
+    eps: the stabiliser of the denominator.
+    fn: the forward computation (default ``jax.nn.softmax(x, axis=-1)``),
+      e.g. the model's own softmax op; it must be the softmax over the last
+      axis.
+  """
+  if fn is None:
+    fn = lambda v: jax.nn.softmax(v, axis=-1)  # noqa: E731
+
+  @jax.custom_vjp
+  def f(x, virtual_bias, eps):
+    return fn(x)
+
+  def fwd(x, virtual_bias, eps):
+    s = fn(x)
+    return s, (x, s, virtual_bias, eps)
+
+  def bwd(res, g):
+    x_in, s_out, virtual_bias, eps = res
+    dtype = jnp.promote_types(x_in.dtype, jnp.float32)
+    s = s_out.astype(dtype)
+    # Keys of weight 0 (masked scores, even -inf) contribute nothing.
+    x = jnp.where(s > 0, x_in.astype(dtype), 0)
+    r = s * g.astype(dtype)
+    diagonal = s * (1 - s)
+    n = s * jnp.maximum(-x, 0)
+    den = s * _leave_one_out(n) + diagonal * jnp.maximum(x, 0)
+    b = s * (1 - x + jnp.sum(x * s, -1, keepdims=True))
+    den = den + virtual_bias.astype(dtype) * jnp.maximum(b, 0)
+    c = r / stabilize(den, eps.astype(dtype))
+    others = _leave_one_out(s * c)
+    cotangent = (jnp.where(x < 0, -s * others, 0)
+                 + jnp.where(x > 0, diagonal * c, 0))
+    return (cotangent.astype(x_in.dtype), jnp.zeros_like(virtual_bias),
+            jnp.zeros_like(eps))
+
+  f.defvjp(fwd, bwd)
+  leaf = lambda v: jnp.asarray(v, jnp.result_type(float))  # noqa: E731
+  return f(x, leaf(virtual_bias), leaf(eps))

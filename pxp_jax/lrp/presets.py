@@ -12,7 +12,8 @@ from pxp_jax.lrp import rules
 from pxp_jax.lrp.canonize import MergeBatchNorm
 from pxp_jax.lrp.composites import GROUPS, Composite, Select
 from pxp_jax.lrp.rules import (Fold, Gradient, HalfMatMul, Identity,
-                               LayerNormIdentity, Norm, StopRelevance)
+                               LayerNormIdentity, Norm, SoftmaxZPlus,
+                               StopRelevance)
 from pxp_jax.models import spec as spec_lib
 from pxp_jax.models.kinds import Kind
 
@@ -84,8 +85,8 @@ def epsilon_gamma_box(low, high, gamma=0.25, eps=1e-6, stabilizer=1e-6,
 
 def _transformer(linear, eps, attention):
   """A transformer composite: ``linear`` the entries of the conv and dense
-  layers, ``attention`` the name of the rules of the two attention
-  products."""
+  layers, ``attention`` the name of the rules of the softmax and the two
+  attention products (``ATTENTION_RULES``)."""
   if attention not in _ATTENTION:
     raise ValueError(f'unknown attention rule {attention!r}; choose among '
                      f'{ATTENTION_RULES}')
@@ -93,7 +94,6 @@ def _transformer(linear, eps, attention):
       ('layer_norm', Select((Kind.LAYER_NORM,)), LayerNormIdentity(eps)),
       ('activation', Select((Kind.GELU,)), Identity(eps)),
       ('relu', Select((Kind.RELU,)), Gradient()),
-      ('softmax', Select((Kind.SOFTMAX,)), Gradient()),
       *_ATTENTION[attention](eps),
       ('sum', Select((Kind.SUM,)), Norm(eps)),
       ('pool', Select((Kind.AVG_POOL,)), Norm(eps)),
@@ -101,13 +101,31 @@ def _transformer(linear, eps, attention):
   ])
 
 
+def _uniform_attention(softmax_rule, eps):
+  """``softmax_rule`` on the softmax, AttnLRP's uniform rule on Q K^T and
+  A V."""
+  return [('softmax', Select((Kind.SOFTMAX,)), softmax_rule),
+          ('matmul', Select((Kind.QUERY_KEY, Kind.ATTENTION_VALUE)),
+           HalfMatMul(eps))]
+
+
+# The attention options of the PXP reference (Hatefi et al., 2024): the
+# rules of the softmax and of the two attention products. The two z+
+# options have the same entries and rule types (only the virtual-bias leaf
+# differs), so switching between them compiles nothing new.
 _ATTENTION = {
-    # AttnLRP: the uniform (50/50) rule on Q K^T and A V.
-    'attn_lrp': lambda eps: [
-        ('matmul', Select((Kind.QUERY_KEY, Kind.ATTENTION_VALUE)),
-         HalfMatMul(eps))],
-    # CP-LRP: no relevance through the attention weights, only through V.
+    # AttnLRP: softmax by its gradient (x input), the uniform (50/50) rule
+    # on Q K^T and A V (the reference's "Epsilon").
+    'attn_lrp': lambda eps: _uniform_attention(Gradient(), eps),
+    # z+ on the softmax's expansion around 0, the remainder kept as a bias
+    # in the denominator (the reference's "ZPlus_vbias_T").
+    'zplus_vbias': lambda eps: _uniform_attention(SoftmaxZPlus(1.0, eps), eps),
+    # The same without the bias (the reference's "ZPlus_vbias_F").
+    'zplus': lambda eps: _uniform_attention(SoftmaxZPlus(0.0, eps), eps),
+    # CP-LRP: no relevance through the attention weights, only through V
+    # (the reference's "CP").
     'cp_lrp': lambda eps: [
+        ('softmax', Select((Kind.SOFTMAX,)), Gradient()),
         ('attention_scores', Select((Kind.QUERY_KEY,)), StopRelevance()),
         ('attention_values', Select((Kind.ATTENTION_VALUE,)), Gradient()),
     ],
@@ -124,13 +142,16 @@ def attn_lrp(eps=1e-6, gamma=None) -> Composite:
   """AttnLRP for transformers (Achtibat et al., 2024): Epsilon (or
   Gamma(gamma)) on dense layers and the patch embedding, the identity rule
   on LayerNorm's normalisation and GELU, softmax by its gradient, the
-  uniform rule on the two attention products, Norm on the residual sums."""
+  uniform rule on the two attention products, Norm on the residual sums.
+  ``vit_groups(attention=...)`` offers the PXP reference's other softmax
+  rules (``'zplus_vbias'``, ``'zplus'``: ``SoftmaxZPlus``)."""
   return _transformer(_vit_linear(eps, gamma), eps, 'attn_lrp')
 
 
 def cp_lrp(eps=1e-6, gamma=None) -> Composite:
   """CP-LRP (Ali et al., 2022) as in LXT: AttnLRP's rules, but no relevance
-  through the attention weights; it flows through the values only."""
+  through the attention weights (Q K^T stops it, so the softmax's rule does
+  not matter); it flows through the values only."""
   return _transformer(_vit_linear(eps, gamma), eps, 'cp_lrp')
 
 
@@ -139,44 +160,58 @@ def _group_rules(defaults, chosen) -> dict:
           for g in GROUPS}
 
 
+def _boundaries(boundaries):
+  """None (the family's stages) or a ``(b1, b2)`` tuple; JSON files hold a
+  list, or an empty one for the stages."""
+  return tuple(boundaries) if boundaries else None
+
+
 def vit_groups(low=None, middle=None, high=None, fc=None, *,
                attention: str = 'attn_lrp',
-               boundaries: tuple[float, float] = (1 / 3, 2 / 3),
+               boundaries: tuple[float, float] | None = None,
                stabilizer=1e-6, depth: int | None = None) -> Composite:
   """PXP's layer groups for a transformer (Hatefi et al., 2024), each with
   its own rule (Epsilon by default, as AttnLRP); the family spec says which
-  layers each group holds (for a ViT: blocks ``i`` with ``b1 <= i / depth <
-  b2`` are middle, low before with the patch embedding, high after; the
-  head is ``fc``). ``attention`` is ``'attn_lrp'`` or ``'cp_lrp'``; the
-  other rules are AttnLRP's, with ``stabilizer`` their eps. ``depth`` is
-  read from the model (accepted for older JSON files)."""
+  layers each group holds (for a ViT by default the reference's: the first
+  quarter of the blocks low, with the patch embedding, the last quarter
+  high; with ``boundaries`` blocks ``i`` with ``b1 <= i / depth < b2`` are
+  middle; the head is ``fc``). ``attention`` (``ATTENTION_RULES``) chooses
+  the rules of the softmax and the attention products, the PXP reference's
+  four options: ``'attn_lrp'`` (softmax by its gradient, the uniform rule
+  on Q K^T and A V), ``'zplus_vbias'`` and ``'zplus'`` (``SoftmaxZPlus``
+  with and without the virtual bias, the uniform rule on both products) and
+  ``'cp_lrp'`` (no relevance through Q K^T, the gradient through A V). The
+  other rules are AttnLRP's, with ``stabilizer`` their eps (the softmax
+  rule's too). ``depth`` is read from the model (accepted for older JSON
+  files)."""
   del depth
   chosen = _group_rules({g: rules.epsilon() for g in GROUPS},
                         dict(low=low, middle=middle, high=high, fc=fc))
-  linear = [(g, Select(LINEAR, group=g, boundaries=tuple(boundaries)),
+  linear = [(g, Select(LINEAR, group=g, boundaries=_boundaries(boundaries)),
              chosen[g]) for g in ('fc', 'low', 'middle', 'high')]
   return _transformer(linear, stabilizer, attention)
 
 
 def pxp_groups(low=None, middle=None, high=None, fc=None, *,
-               boundaries: tuple[float, float] | dict[str, str] = (1 / 3, 2 / 3),
+               boundaries: tuple[float, float] | dict[str, str] | None = None,
                stabilizer=1e-6) -> Composite:
   """The layer-group composite of PXP (Hatefi et al., 2024) for CNNs.
 
-  The family spec splits the convs into low, middle and high groups (in
-  call order at ``boundaries``), each with its own rule; dense layers form
-  the ``fc`` group. The defaults are the 2021 paper's composite (ZPlus on
-  convs, Epsilon on dense layers).
+  The family spec splits the convs into low, middle and high groups (by
+  stage, as the reference: ResNet-18 5/10/5, VGG-16 4/5/4), each with its
+  own rule; dense layers form the ``fc`` group. The defaults are the 2021
+  paper's composite (Yeom et al.): ZPlus without bias on the convs and the
+  dense layers.
 
   Args:
     low, middle, high, fc: ``rules.LinearRule`` of each group.
-    boundaries: fractions where middle and high start, or ``{'low': regex,
+    boundaries: None for the family's stages, fractions ``(b1, b2)`` where
+      middle and high start in the convs' call order, or ``{'low': regex,
       'middle': regex, 'high': regex}`` over conv paths.
     stabilizer: eps of the Norm rule on sums and average pooling.
   """
-  zplus = rules.zplus()
-  chosen = _group_rules(dict(low=zplus, middle=zplus, high=zplus,
-                             fc=rules.epsilon()),
+  zplus = rules.zplus(zero_bias=True)
+  chosen = _group_rules(dict(low=zplus, middle=zplus, high=zplus, fc=zplus),
                         dict(low=low, middle=middle, high=high, fc=fc))
   if isinstance(boundaries, dict):
     missing = set(GROUPS[:3]) - set(boundaries)
@@ -185,7 +220,7 @@ def pxp_groups(low=None, middle=None, high=None, fc=None, *,
     selects = {g: Select((Kind.CONV,), path=boundaries[g]) for g in GROUPS[:3]}
     selects['fc'] = Select((Kind.DENSE,))
   else:
-    selects = {g: Select(LINEAR, group=g, boundaries=tuple(boundaries))
+    selects = {g: Select(LINEAR, group=g, boundaries=_boundaries(boundaries))
                for g in GROUPS}
   return _cnn([*_cnn_base(stabilizer),
                *[(g, selects[g], chosen[g]) for g in GROUPS]])
@@ -241,13 +276,20 @@ def for_model(model, low=None, high=None, *, found=None,
   return get(name)
 
 
-def layer_groups(model, found=None, boundaries=(1 / 3, 2 / 3)
-                 ) -> dict[str, list[str]]:
+def layer_groups(model, found=None, boundaries=None) -> dict[str, list[str]]:
   """``{'low': [...], 'middle': [...], 'high': [...], 'fc': [...]}``: the
   layer paths of each PXP layer group of ``model``, as its family spec
-  splits them."""
+  splits them: by stage as the PXP reference (``boundaries=None``), or at
+  fractions ``(b1, b2)`` of the layers in call order.
+
+  Example::
+
+    composites.layer_groups(models.create('resnet18'))['low']
+    # ['conv1', 'layer1.0.conv1', 'layer1.0.conv2', 'layer1.1.conv1',
+    #  'layer1.1.conv2']
+  """
   found = found or structure.trace_model(model)
-  return spec_lib.spec_for(model).layer_groups(found, tuple(boundaries))
+  return spec_lib.spec_for(model).layer_groups(found, _boundaries(boundaries))
 
 
 def from_json(spec: dict) -> Composite:
@@ -259,15 +301,16 @@ def from_json(spec: dict) -> Composite:
                      f'{", ".join(sorted(PRESETS))}) and optional "args"')
   args = {k: rules.from_json(v) if isinstance(v, dict) and 'rule' in v else v
           for k, v in spec.get('args', {}).items()}
-  if isinstance(args.get('boundaries'), list):
-    args['boundaries'] = tuple(args['boundaries'])
+  if 'boundaries' in args and not isinstance(args['boundaries'], dict):
+    args['boundaries'] = _boundaries(args['boundaries'])
   return get(spec['preset'], **args)
 
 
 __all__ = [
     'ATTENTION_RULES', 'BOUNDED', 'Composite', 'Fold', 'GROUPS', 'Gradient',
     'HalfMatMul', 'Identity', 'Kind', 'LayerNormIdentity', 'MergeBatchNorm',
-    'Norm', 'PRESETS', 'Select', 'StopRelevance', 'attn_lrp', 'cp_lrp',
+    'Norm', 'PRESETS', 'Select', 'SoftmaxZPlus', 'StopRelevance',
+    'attn_lrp', 'cp_lrp',
     'epsilon_alpha2_beta1', 'epsilon_alpha2_beta1_flat', 'epsilon_gamma_box',
     'epsilon_plus', 'epsilon_plus_flat', 'for_model', 'from_json', 'get',
     'layer_groups', 'pxp_groups', 'vit_groups',

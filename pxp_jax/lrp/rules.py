@@ -4,7 +4,8 @@ rules of parameter-free operations (``op_rules``), with their JSON form.
   rules.epsilon(1e-6), rules.zplus(), rules.gamma(0.25), rules.alpha_beta(2, 1),
   rules.zbox(low, high), rules.flat(), rules.wsquare()      # Dense / Conv
   rules.Gradient(), rules.Fold(), rules.Norm(eps), rules.Identity(eps),
-  rules.LayerNormIdentity(eps), rules.HalfMatMul(eps), rules.StopRelevance()
+  rules.LayerNormIdentity(eps), rules.HalfMatMul(eps), rules.StopRelevance(),
+  rules.SoftmaxZPlus(virtual_bias, eps)
 """
 
 from pxp_jax.lrp.linear_rules import (LinearRule, alpha_beta, epsilon, flat,
@@ -13,7 +14,7 @@ from pxp_jax.lrp.linear_rules import (LinearRule, alpha_beta, epsilon, flat,
 from pxp_jax.lrp.linear_vjp import linear
 from pxp_jax.lrp.op_rules import (REGISTRY, Fold, Gradient, HalfMatMul,
                                   Identity, LayerNormIdentity, Norm,
-                                  StopRelevance)
+                                  SoftmaxZPlus, StopRelevance)
 
 RULE_TYPES = (LinearRule, *REGISTRY.values())
 
@@ -37,7 +38,8 @@ def from_json(spec: dict):
 
 __all__ = [
     'Fold', 'Gradient', 'HalfMatMul', 'Identity', 'LayerNormIdentity',
-    'LinearRule', 'Norm', 'REGISTRY', 'RULE_TYPES', 'StopRelevance',
+    'LinearRule', 'Norm', 'REGISTRY', 'RULE_TYPES', 'SoftmaxZPlus',
+    'StopRelevance',
     'alpha_beta', 'epsilon', 'flat', 'from_json', 'gamma', 'linear',
     'linear_rule', 'names', 'searchable', 'stabilize', 'to_json', 'wsquare',
     'zbox', 'zplus',

@@ -75,3 +75,23 @@ def create(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
     raise TypeError(f'{name} has no attribute(s) {sorted(unknown)}; it takes '
                     f'{sorted(fields)}')
   return factory(num_classes=num_classes, **overrides)
+
+
+def describe(model: nn.Module) -> tuple[str, dict]:
+  """``(name, overrides)`` with ``create(name, model.num_classes,
+  **overrides)`` equal to ``model``: the registered entry of its class that
+  needs the fewest overrides (what a checkpoint's ``model.json`` records)."""
+  fields = [f for f in model.__dataclass_fields__
+            if f not in ('parent', 'name', 'num_classes')]
+  best = None
+  for name, factory in sorted(_MODELS.items()):
+    if factory.func is not type(model):
+      continue
+    default = factory(num_classes=model.num_classes)
+    overrides = {f: getattr(model, f) for f in fields
+                 if getattr(model, f) != getattr(default, f)}
+    if best is None or len(overrides) < len(best[1]):
+      best = (name, overrides)
+  if best is None:
+    raise ValueError(f'{type(model).__name__} is not a registered model class')
+  return best

@@ -10,12 +10,15 @@ images.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 
 from pxp_jax.models import layers, spec
+from pxp_jax.models.kinds import Kind
+
 
 class Downsample(nn.Module):
   """The projection shortcut: ``0`` a 1x1 conv, ``1`` its BatchNorm."""
@@ -122,6 +125,24 @@ class ResNet(nn.Module):
 
 
 
+def _layer_groups(found, boundaries) -> dict[str, list[str]]:
+  """PXP's groups for a ResNet, by stage as the reference's composites
+  (Hatefi et al., 2024): the stem conv and ``layer1`` low, the middle
+  stages middle, the last stage high (downsample convs with their stage;
+  ResNet-18 5/10/5 convs, ResNet-50 11/32/10); dense layers ``fc``.
+  ``boundaries``: a cut of the convs in call order instead."""
+  if boundaries is not None:
+    return spec.groups_by_order(found, boundaries)
+  stages: dict[int, list[str]] = {}
+  for op in found.of_kind(Kind.CONV):
+    match = re.match(r'layer(\d+)\.', op.path)
+    stages.setdefault(int(match[1]) if match else 0, []).append(op.path)
+  ordered = [stages[k] for k in sorted(stages)]
+  return {**spec.split_by_stage(ordered, 2, max(2, len(ordered) - 1)),
+          'fc': [op.path for op in found.of_kind(Kind.DENSE)]}
+
+
 SPEC = spec.register(spec.Spec(
     'resnet', ResNet, transformer=False, classifier='fc',
+    layer_groups=_layer_groups,
     checkpoint_names={'torchvision': spec.same_names}))

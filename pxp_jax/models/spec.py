@@ -20,10 +20,14 @@ from pxp_jax.models.kinds import Kind
 GroupFn = Callable[..., dict[str, list[str]]]
 
 
+BY_ORDER = (1 / 3, 2 / 3)  # where a model without stages is cut
+
+
 def split_by_order(paths: list[str], boundaries) -> dict[str, list[str]]:
   """``paths`` in call order cut at fractions ``(b1, b2)``: path ``i`` of
-  ``n`` is low if ``i/n < b1``, middle if ``b1 <= i/n < b2``, else high."""
-  b1, b2 = boundaries
+  ``n`` is low if ``i/n < b1``, middle if ``b1 <= i/n < b2``, else high
+  (None: ``BY_ORDER``)."""
+  b1, b2 = BY_ORDER if boundaries is None else boundaries
   n = len(paths)
   out = {'low': [], 'middle': [], 'high': []}
   for i, path in enumerate(paths):
@@ -32,11 +36,21 @@ def split_by_order(paths: list[str], boundaries) -> dict[str, list[str]]:
   return out
 
 
+def split_by_stage(stages: list[list[str]], first: int, last: int
+                   ) -> dict[str, list[str]]:
+  """Layer groups by stage: ``stages[:first]`` low, ``stages[last:]`` high,
+  the stages between middle."""
+  flat = lambda groups: [p for g in groups for p in g]  # noqa: E731
+  return {'low': flat(stages[:first]), 'middle': flat(stages[first:last]),
+          'high': flat(stages[last:])}
+
+
 def groups_by_order(found, boundaries) -> dict[str, list[str]]:
-  """Layer groups read off the structure: without attention (a CNN) the
-  convs in call order split into low, middle and high and every dense layer
-  is ``fc``; with attention every linear layer but the output layer is split
-  in call order and the output layer is ``fc``."""
+  """Layer groups read off the structure of a model without stages: without
+  attention (a CNN) the convs in call order split into low, middle and high
+  at ``boundaries`` (None: ``BY_ORDER``) and every dense layer is ``fc``;
+  with attention every linear layer but the output layer is split in call
+  order and the output layer is ``fc``."""
   linear = [op.path for op in found.of_kind(Kind.CONV, Kind.DENSE)]
   if has_attention(found):
     output = found.output_layer
@@ -80,7 +94,9 @@ class Spec:
     transformer: whether it is a transformer (None: read off the structure,
       attention or not).
     layer_groups: ``(structure, boundaries) -> {'low', 'middle', 'high',
-      'fc': [layer paths]}``.
+      'fc': [layer paths]}``: with ``boundaries=None`` the family's own
+      split (by stage, as the PXP reference), with fractions ``(b1, b2)``
+      a cut of the layers (or blocks) in call order.
     head_weights: ``(flat params, heads Unit, structure) -> (heads,)`` L1
       norms of each head's weights.
     input_range: the range of raw pixel values before normalisation.
@@ -107,11 +123,6 @@ class Spec:
     """What the pruning job prunes: MLP neurons of a transformer, else
     filters."""
     return 'neurons' if self.is_transformer(found) else 'filters'
-
-  def absolute_tokens(self, found) -> bool:
-    """Whether unit relevance takes |R| per token before summing tokens by
-    default (the PXP reference does for ViTs)."""
-    return self.is_transformer(found)
 
   def pruning_composite(self, found) -> str:
     """The preset PXP ranks units with by default: the 2021 layer groups

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from pxp_jax.models import layers, spec
+from pxp_jax.models.kinds import Kind
 
 # Feature-stack widths; 'M' is a 2x2 max-pool (torchvision's cfgs A, B, D).
 CONFIGS = {
@@ -90,6 +91,31 @@ class VGG(nn.Module):
     return Classifier(self.hidden, self.num_classes, name='classifier')(x)
 
 
+def _layer_groups(found, boundaries) -> dict[str, list[str]]:
+  """PXP's groups for a VGG as the reference's composites (Hatefi et al.,
+  2024): the convs of the first two blocks (between max-pools) low, the
+  third block and the first two convs of the fourth middle, the rest high
+  (VGG-16: conv1_1-conv2_2 / conv3_1-conv4_2 / conv4_3-conv5_3, 4/5/4);
+  the classifier's dense layers ``fc``. ``boundaries``: a cut of the convs
+  in call order instead."""
+  if boundaries is not None:
+    return spec.groups_by_order(found, boundaries)
+  blocks: list[list[str]] = [[]]
+  for op in found.leaves:
+    if op.kind is Kind.MAX_POOL and blocks[-1]:
+      blocks.append([])
+    elif op.kind is Kind.CONV:
+      blocks[-1].append(op.path)
+  blocks = [b for b in blocks if b]
+  low = [p for b in blocks[:2] for p in b]
+  middle = [p for b in blocks[2:3] for p in b] + [
+      p for b in blocks[3:4] for p in b[:2]]
+  high = [p for b in blocks[3:] for p in b if p not in middle]
+  return {'low': low, 'middle': middle, 'high': high,
+          'fc': [op.path for op in found.of_kind(Kind.DENSE)]}
+
+
 SPEC = spec.register(spec.Spec(
     'vgg', VGG, transformer=False, classifier='classifier.6',
+    layer_groups=_layer_groups,
     checkpoint_names={'torchvision': spec.same_names}))

@@ -152,9 +152,14 @@ class ViT(nn.Module):
 
 
 def _layer_groups(found, boundaries) -> dict[str, list[str]]:
-  """PXP's groups for a ViT (Hatefi et al., 2024): the linear layers of the
-  blocks, split by block index (``split_by_order`` over the blocks); the
-  patch embedding joins the low group, the head is ``fc``."""
+  """PXP's groups for a ViT as the reference's composites (Hatefi et al.,
+  2024): the linear layers of the blocks (q/k/v and output projections, both
+  MLP layers) grouped by block, the first quarter of the blocks low, the
+  last quarter high, the rest middle (ViT-B/16: blocks 0-2 / 3-8 / 9-11,
+  ViT-L/16: 0-5 / 6-17 / 18-23); ``boundaries``: blocks ``i`` with ``b1 <=
+  i / depth < b2`` middle instead. The patch embedding, which the
+  reference leaves to the gradient, joins the low group; the head is
+  ``fc``."""
   output = found.output_layer
   blocks: dict[int, list[str]] = {}
   outside = []
@@ -164,8 +169,13 @@ def _layer_groups(found, boundaries) -> dict[str, list[str]]:
       blocks.setdefault(int(match[1]), []).append(op.path)
     elif op.path != output:
       outside.append(op.path)
-  cut = spec.split_by_order(sorted(blocks), boundaries)
-  groups = {g: [p for i in cut[g] for p in blocks[i]] for g in cut}
+  if boundaries is None:
+    quarter = max(1, len(blocks) // 4)
+    groups = spec.split_by_stage([blocks[i] for i in sorted(blocks)], quarter,
+                                 max(quarter, len(blocks) - quarter))
+  else:
+    cut = spec.split_by_order(sorted(blocks), boundaries)
+    groups = {g: [p for i in cut[g] for p in blocks[i]] for g in cut}
   groups['low'] = outside + groups['low']
   groups['fc'] = [output]
   return groups

@@ -21,6 +21,18 @@ def summarize(rates: Sequence[float], accuracy: Sequence[float],
               top_pr=float(kept.max()) if kept.size else 0.0)
 
 
+def standard_errors(rates: Sequence[float], runs: np.ndarray) -> dict:
+  """Standard errors of the mean over the rows of ``runs`` (seeds x rates):
+  of A_PR, of the AUC and of the accuracy at each rate (sample standard
+  deviation / sqrt(seeds))."""
+  runs = np.asarray(runs, float)
+  sem = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
+  return dict(a_pr_sem=sem(runs.mean(1)),
+              auc_sem=sem(np.trapezoid(runs, np.asarray(rates, float), axis=1)),
+              accuracy_sem=(np.std(runs, 0, ddof=1)
+                            / np.sqrt(len(runs))).tolist())
+
+
 def stack(per_criterion: Mapping[str, Mapping[str, jax.Array]]) -> dict:
   """{criterion: {unit: (R, n)}} -> {unit: (C * R, n)} in criterion order."""
   names = list(per_criterion)

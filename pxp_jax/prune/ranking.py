@@ -42,8 +42,10 @@ def masks(scores: Mapping[str, jax.Array], rates: Sequence[float], *,
     are nested: a unit pruned at a rate stays pruned at every higher rate.
   """
   rates = np.asarray(rates, np.float64)
-  if rates.ndim != 1 or np.any(rates < 0) or np.any(rates >= 1):
-    raise ValueError(f'rates must lie in [0, 1), got {rates.tolist()}')
+  if (rates.ndim != 1 or not rates.size or np.any(rates < 0)
+      or np.any(rates >= 1) or np.any(np.diff(rates) <= 0)):
+    raise ValueError(f'rates must be increasing and lie in [0, 1), e.g. '
+                     f'(0.0, 0.05, ..., 0.95); got {rates.tolist()}')
   keys = list(scores)
   if per_layer:
     return {k: _rank_masks(np.asarray(scores[k])[None], rates, keep_one)[0]
