@@ -152,44 +152,53 @@ def perturbation_curves(model, variables, images, labels, relevance, *,
   Returns:
     ``Curves`` with the logit and probability curves.
   """
-  images = jnp.asarray(images)
-  labels = jnp.asarray(labels)
-  maps = heatmap(relevance)
-  if images.ndim != 4 or maps.shape != images.shape[:3]:
+  shape = np.shape(images)
+  if len(shape) != 4 or np.shape(relevance)[:3] != shape[:3] or not (
+      np.ndim(relevance) == 3 or np.shape(relevance) == shape):
     raise ValueError(f'images must be (N, H, W, C) and relevance (N, H, W[, '
-                     f'C]) of the same images, got {images.shape} and '
-                     f'{jnp.shape(relevance)}')
-  if labels.shape != images.shape[:1]:
-    raise ValueError(f'labels must have shape ({images.shape[0]},), got '
-                     f'{labels.shape}')
-  patches = int(patch_ids(*images.shape[1:3], patch_size).max()) + 1
+                     f'C]) of the same images, got {shape} and '
+                     f'{np.shape(relevance)}')
+  if np.shape(labels) != shape[:1]:
+    raise ValueError(f'labels must have shape ({shape[0]},), got '
+                     f'{np.shape(labels)}')
+  patches = int(patch_ids(*shape[1:3], patch_size).max()) + 1
   counts = removed_counts(patches, steps)
-  baseline = jnp.broadcast_to(jnp.asarray(baseline, images.dtype),
-                              images.shape[-1:])
-  logits = _perturbed_logits(model, variables, images, maps.astype(
-      images.dtype), jnp.asarray(_is_morf(order)), baseline,
-                             jnp.asarray(counts), patch_size=patch_size,
-                             batch_size=max(1, min(batch_size, len(counts))))
-  num_classes = logits.shape[-1]
-  allowed = np.zeros(num_classes, bool)
-  allowed[list(range(num_classes)) if classes is None else list(classes)] = True
-  probs = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), -1)
-  pick = lambda a: jnp.take_along_axis(  # noqa: E731
-      a, labels[None, :, None], -1)[..., 0].T
-  return Curves(fractions=jnp.asarray(counts / patches),
-                logit=pick(logits), probability=pick(probs),
-                order=perturbation_order(maps, patch_size,
-                                         _is_morf(order)))
+  dtype = jnp.result_type(images)
+  # prepared in numpy: a second call with new values compiles nothing
+  baseline = np.broadcast_to(np.asarray(baseline, dtype), shape[-1:])
+  logit, probability, perturbed = _curves(
+      model, variables, images, labels, relevance, np.bool_(_is_morf(order)),
+      baseline, counts, None if classes is None else np.asarray(classes),
+      patch_size=patch_size, batch_size=max(1, min(batch_size, len(counts))))
+  return Curves(fractions=jnp.asarray(counts / patches), logit=logit,
+                probability=probability, order=perturbed)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'patch_size',
                                              'batch_size'))
-def _perturbed_logits(model, variables, images, maps, morf, baseline, counts,
-                      *, patch_size, batch_size):
-  """(K + 1, N, classes) logits of every perturbed image."""
+def _curves(model, variables, images, labels, relevance, morf, baseline,
+            counts, classes, *, patch_size, batch_size):
+  """The label's (N, K + 1) logits and probabilities, and the order."""
+  maps = heatmap(relevance).astype(images.dtype)
+  order = perturbation_order(maps, patch_size, morf)
+  logits = _perturbed_logits(model, variables, images, order, baseline,
+                             counts, patch_size, batch_size)
+  allowed = jnp.ones(logits.shape[-1], bool)
+  if classes is not None:
+    allowed = jnp.zeros_like(allowed).at[classes].set(True)
+  probs = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), -1)
+  pick = lambda a: jnp.take_along_axis(  # noqa: E731
+      a, labels[None, :, None], -1)[..., 0].T
+  return pick(logits), pick(probs), order
+
+
+def _perturbed_logits(model, variables, images, order, baseline, counts,
+                      patch_size, batch_size):
+  """(K + 1, N, classes) logits of every perturbed image: the first
+  ``counts[k]`` patches of ``order`` (N, P) set to ``baseline``, the steps
+  mapped in chunks of ``batch_size``."""
   n = images.shape[0]
   ids = patch_ids(*images.shape[1:3], patch_size)
-  order = perturbation_order(maps, patch_size, morf)
   # rank[n, p]: the step (0-based) at which patch p of image n goes
   rank = jnp.zeros_like(order).at[jnp.arange(n)[:, None], order].set(
       jnp.arange(order.shape[1])[None, :])
@@ -209,7 +218,7 @@ def _perturbed_logits(model, variables, images, maps, morf, baseline, counts,
 
 def perturbation_programs() -> int:
   """How many perturbation programs have been compiled in this process."""
-  return _perturbed_logits._cache_size()  # pylint: disable=protected-access
+  return _curves._cache_size()  # pylint: disable=protected-access
 
 
 def aopc(curve) -> np.ndarray:
@@ -264,17 +273,19 @@ def summarize(curves: Curves) -> dict:
 
 def lrp_heatmaps(model, variables, images, labels,
                  composites: Mapping[str, object], *, masks=None,
-                 batch_size: int = 32) -> dict[str, np.ndarray]:
+                 batch_size: int = 32,
+                 check_finite: bool = True) -> dict[str, np.ndarray]:
   """name -> (N, H, W) LRP heatmaps of ``images`` for ``labels`` by each
   composite (``pxp_jax.attribute``, in batches of ``batch_size``, the last
   padded so that one program serves all), on the model pruned by ``masks``
-  (unit key -> (units,)) if given."""
+  (unit key -> (units,)) if given; ``check_finite=False`` lets a NaN or a
+  zero target logit (a pruned model's) through instead of raising."""
   images, labels = np.asarray(images), np.asarray(labels)
   out = {}
   for name, composite in composites.items():
     out[name] = _batched(lambda x, y, c=composite: heatmap(  # noqa: E731
         attribution.attribute(model, variables, x, y, c, masks=masks,
-                              check_finite=False).input),
+                              check_finite=check_finite).input),
                          images, labels, batch_size)
   return out
 
@@ -386,13 +397,15 @@ def stability(model, variables, images, labels, composite, masks: Mapping, *,
 
   Returns:
     similarity name (``SIMILARITIES``) -> (R, N) similarity of each image's
-    heatmap at each rate with its unpruned heatmap (NaN where a pruned
-    model's relevance is not finite).
+    heatmap at each rate with its unpruned heatmap: 0 where the pruned
+    heatmap is all zero (a model pruned so far that its logits no longer
+    depend on the input), NaN where its relevance is not finite.
   """
   masks = {k: np.asarray(v) for k, v in masks.items()}
   rows = len(next(iter(masks.values())))
   heat = functools.partial(lrp_heatmaps, model, variables, images, labels,
-                           {'lrp': composite}, batch_size=batch_size)
+                           {'lrp': composite}, batch_size=batch_size,
+                           check_finite=False)
   reference = heat(masks={k: np.ones_like(v[0]) for k, v in masks.items()})
   reference = jnp.asarray(reference['lrp'])
   out = {name: [] for name in SIMILARITIES}

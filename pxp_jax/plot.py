@@ -146,7 +146,7 @@ def stability(path: str | os.PathLike, rates, similarities: dict, *,
   ax.set_xlabel(xlabel)
   ax.set_ylabel('similarity to the unpruned heatmap')
   ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
-  ax.set_title(title)
+  ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()

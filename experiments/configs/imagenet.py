@@ -50,6 +50,7 @@ def get_config(arg: str = 'job=prune,arch=resnet50,classes=3'
   config.draws = DRAWS.get(options.classes, 3)
   config.batch_size = 16 if options.arch == 'vit_b16' else 32
   config.eval_batch_size = 128
+  config.perturbation.patch_size = 16  # 196 patches of a 224 x 224 image
   if options.job == 'prune':
     config.eval_split = 'validation'
   else:

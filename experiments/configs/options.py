@@ -66,3 +66,18 @@ def pruning_fields(model: str) -> dict:
       batch_size=32,               # reference samples per relevance pass
       eval_batch_size=512,
   )
+
+
+def faithfulness_fields() -> dict:
+  """The input-faithfulness analysis of heatmaps (prune job and search):
+  region perturbation of the heatmaps of ``faithfulness`` evaluation
+  images (0: off) with the ``perturbation`` settings."""
+  return dict(
+      faithfulness=0,              # > 0: this many images (faithfulness.*)
+      perturbation=dict(
+          patch_size=4,            # square patches (1: pixel flipping)
+          steps=64,                # curve points (0: one patch per step)
+          order='morf',            # morf (most relevant first) | lerf
+          baseline='black',        # black (zero raw pixels) | mean (0)
+      ),
+  )

@@ -8,7 +8,8 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-from experiments.configs.options import parse, pruning_fields
+from experiments.configs.options import (faithfulness_fields, parse,
+                                         pruning_fields)
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
@@ -30,14 +31,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       stability=0,                 # > 0: LRP heatmaps of this many eval
                                    # images, pruned by lrp at each rate vs
                                    # unpruned (stability.json, .png)
-      faithfulness=0,              # > 0: region perturbation of heatmaps of
-                                   # this many eval images (faithfulness.*)
-      perturbation=dict(
-          patch_size=4,            # square patches (1: pixel flipping)
-          steps=64,                # curve points (0: one patch per step)
-          order='morf',            # morf (most relevant first) | lerf
-          baseline='black',        # black (zero raw pixels) | mean (0)
-      ),
+      **faithfulness_fields(),
       fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
       fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate
       fine_tune_lr=1e-3,

@@ -10,7 +10,8 @@ searches the attention rule (``space.attention``).
 
 import ml_collections
 
-from experiments.configs.options import parse, pruning_fields
+from experiments.configs.options import (faithfulness_fields, parse,
+                                         pruning_fields)
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
@@ -24,15 +25,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
                                        # (False streams them every trial)
       sampler='gp',                    # gp (Gaussian process) | tpe
       storage='',                      # '' = SQLite in the workdir
-      faithfulness=0,                  # > 0: region perturbation of the
-                                       # heatmaps of this many test images
-                                       # (faithfulness.json, .png)
-      perturbation=dict(
-          patch_size=4,                # square patches (1: pixel flipping)
-          steps=64,                    # curve points (0: one per patch)
-          order='morf',                # morf (most relevant first) | lerf
-          baseline='black',            # black (zero raw pixels) | mean (0)
-      ),
+      **faithfulness_fields(),
       space=dict(
           groups=('low', 'middle', 'high', 'fc'),
           rules=('epsilon', 'gamma', 'zplus', 'alpha_beta'),

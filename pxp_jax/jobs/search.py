@@ -34,8 +34,8 @@ import optuna
 from matplotlib.figure import Figure
 
 from pxp_jax import composites, rules
-from pxp_jax.jobs import report, task as task_lib, workdir as workdir_lib
-from pxp_jax.jobs.prune import write_faithfulness
+from pxp_jax.jobs import analyses, report, task as task_lib
+from pxp_jax.jobs import workdir as workdir_lib
 
 STUDY = 'pxp_search'
 OBJECTIVES = {'a_pr': 'A_PR', 'auc': 'AUC'}  # config.objective -> its name
@@ -245,10 +245,9 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
   except Exception as error:  # pylint: disable=broad-except
     raise ConnectionError(f'cannot open the optuna storage {storage!r}: '
                           f'{error}') from error
-  if not study.trials:  # start from the usual composite
-    default = _default_params(config.space, vit)
-    if default is not None:
-      study.enqueue_trial(default)
+  if not study.trials:  # start from the usual composites
+    for params in _usual_params(config.space, vit):
+      study.enqueue_trial(params)
   # A trial cut by a kill is retried: mark it failed and queue its params.
   for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -256,31 +255,32 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
   return study
 
 
-def _default_params(space, vit: bool) -> dict[str, Any] | None:
-  """The usual composite as trial parameters, if the space contains it: for
-  a CNN the 2021 paper's (ZPlus without bias everywhere), for a ViT
-  AttnLRP's (Epsilon everywhere, with biases); ranked by |R|."""
-  params = {}
-  for group in space.groups:
-    rule = 'epsilon' if vit else 'zplus'
-    if rule not in space.rules:
-      return None
-    params.update({f'{group}.rule': rule,
-                   f'{group}.eps': float(np.clip(1e-6, *space.eps)),
-                   f'{group}.gamma': float(np.clip(0.25, *space.gamma))})
-  if vit:
-    if 'attn_lrp' not in space.attention:
-      return None
-    params['attention'] = 'attn_lrp'
-  if (not vit) not in space.zero_bias:
-    return None
-  params['zero_bias'] = not vit
-  if False not in space.signed:
-    return None
-  params['signed'] = False
-  if space.n_per_class:
-    params['n_per_class'] = max(space.n_per_class)
-  return params
+def _usual_params(space, vit: bool) -> list[dict[str, Any]]:
+  """The usual composites as trial parameters, those the space contains, so
+  that the best trial is never worse on validation than any of them: for a
+  CNN the 2021 paper's (ZPlus without bias everywhere) and Epsilon
+  everywhere; for a ViT AttnLRP (Epsilon everywhere) and CP-LRP. All rank
+  by |R|, at eps 1e-6 and gamma 0.25."""
+  usual = ([('epsilon', 'attn_lrp', False), ('epsilon', 'cp_lrp', False)]
+           if vit else [('zplus', None, True), ('epsilon', None, False)])
+  out = []
+  for rule, attention, zero_bias in usual:
+    if (rule not in space.rules or zero_bias not in space.zero_bias
+        or False not in space.signed
+        or (vit and attention not in space.attention)):
+      continue
+    params = {}
+    for group in space.groups:
+      params.update({f'{group}.rule': rule,
+                     f'{group}.eps': float(np.clip(1e-6, *space.eps)),
+                     f'{group}.gamma': float(np.clip(0.25, *space.gamma))})
+    if vit:
+      params['attention'] = attention
+    params.update(zero_bias=zero_bias, signed=False)
+    if space.n_per_class:
+      params['n_per_class'] = max(space.n_per_class)
+    out.append(params)
+  return out
 
 
 def _compare(problem: _Problem, params, config) -> dict[str, Any]:
@@ -336,7 +336,7 @@ def _faithfulness(problem: _Problem, params, config, workdir) -> dict:
         pxp_2021=groups(low=zplus, middle=zplus, high=zplus, fc=zplus),
         epsilon_plus=composites.epsilon_plus(),
         epsilon_gamma_box=task.composite('epsilon_gamma_box')[0])
-  results = write_faithfulness(
+  results = analyses.write_faithfulness(
       task, named, config, config.test_split, workdir,
       title=f'{config.model}: optimised LRP vs the usual composites')
   heat = results['heatmaps']
