@@ -9,6 +9,7 @@ import pytest
 from flax import traverse_util
 
 from pxp_jax import convert, models
+import torch_twins  # pylint: disable=g-bad-import-order
 
 TOL = 1e-4  # max abs logit difference, float32
 
@@ -42,13 +43,9 @@ def _randomise(torch_model, residual_scale=None):
   constant (zero biases and heads, unit LayerNorm scales, a zero class token)
   so that a swapped or dropped array shows in the logits."""
   import torch
+  torch_twins.randomise_batch_norms(torch_model)
   for module in torch_model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.running_mean.normal_(0, 0.1)
-      module.running_var.uniform_(0.5, 1.5)
-      module.weight.data.uniform_(0.5, 1.5)
-      module.bias.data.normal_(0, 0.1)
-    else:
+    if not isinstance(module, torch.nn.BatchNorm2d):
       for p in module.parameters(recurse=False):
         if p.numel() > 1 and bool(p.min() == p.max()):
           p.data.add_(torch.randn_like(p), alpha=0.1)

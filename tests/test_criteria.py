@@ -23,6 +23,7 @@ import pytest
 
 from pxp_jax import convert, models, structure
 from pxp_jax.prune import criteria
+import torch_twins  # pylint: disable=g-bad-import-order
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -52,12 +53,7 @@ def resnet():
   """(torch model, our model, float64 variables, NHWC inputs, filters)."""
   torch.manual_seed(0)
   torch_model = torchvision.models.resnet18(weights=None).eval()
-  for module in torch_model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.running_mean.normal_(0, 0.1)
-      module.running_var.uniform_(0.5, 1.5)
-      module.weight.data.uniform_(0.5, 1.5)
-      module.bias.data.normal_(0, 0.1)
+  torch_twins.randomise_batch_norms(torch_model)
   torch_model = torch_model.double()  # float32 values, float64 arithmetic
   model, variables = convert.from_torchvision('resnet18',
                                               torch_model.state_dict())

@@ -15,6 +15,7 @@ from experiments.configs import search as search_configs
 from pxp_jax import checkpoints, composites, faithfulness, models
 from pxp_jax.jobs import prune, search
 from pxp_jax.prune import ranking
+import torch_twins  # pylint: disable=g-bad-import-order
 
 
 class Linear(nn.Module):
@@ -213,12 +214,7 @@ def test_region_perturbation_and_pixel_flipping_match_quantus():
   from pxp_jax import convert  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   twin = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-  for module in twin.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.running_mean.normal_(0, 0.1)
-      module.running_var.uniform_(0.5, 1.5)
-      module.weight.data.uniform_(0.5, 1.5)
-      module.bias.data.normal_(0, 0.1)
+  torch_twins.randomise_batch_norms(twin)
   model, variables = convert.from_torchvision('resnet18', twin.state_dict())
   rng = np.random.default_rng(0)
   labels = np.array([1, 7])

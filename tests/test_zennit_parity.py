@@ -34,6 +34,7 @@ from zennit.attribution import Gradient
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from pxp_jax import attribute, composites, convert
+import torch_twins  # pylint: disable=g-bad-import-order
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 TOL = 1e-8  # max relative error of relevances, max abs error of logits
@@ -94,12 +95,7 @@ def _torch_model(name):
   statistics and affine parameters are far from the identity."""
   torch.manual_seed(0)
   model = getattr(torchvision.models, name)(weights=None).eval()
-  for module in model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.running_mean.normal_(0, 0.1)
-      module.running_var.uniform_(0.5, 1.5)
-      module.weight.data.uniform_(0.5, 1.5)
-      module.bias.data.normal_(0, 0.1)
+  torch_twins.randomise_batch_norms(model)
   for module in model.modules():  # shrink residual branches: moderate logits
     if isinstance(module, torchvision.models.resnet.BasicBlock):
       module.bn2.weight.data.uniform_(0.4, 0.8)
