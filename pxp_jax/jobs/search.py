@@ -12,9 +12,10 @@ embedding is low, the head is fc) and the attention rule (AttnLRP, the
 two z+ softmax rules or CP-LRP) is searched too.
 
 Every trial reuses the same compiled programs, the relevance collection
-(rules are array leaves: ``dynamic_rules=True``; one program per attention
-rule of a ViT, whose rules differ in kind) and the evaluation sweep (masks
-are arguments). Trials are stored by optuna (SQLite in the workdir by
+(rules, their bias option and the per-token absolute value are array
+leaves: ``dynamic_rules=True``; a ViT's attention rules take three
+programs, AttnLRP, the two z+ rules and CP-LRP, whose rules differ in kind)
+and the evaluation sweep (masks are arguments). Trials are stored by optuna (SQLite in the workdir by
 default), so a killed search continues where it stopped.
 """
 
