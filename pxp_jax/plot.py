@@ -64,12 +64,15 @@ def heatmaps(images, relevance, path: str | os.PathLike, *,
 
 
 def curves(path: str | os.PathLike, rates, accuracies: dict, *,
-           unpruned: float, xlabel: str, title: str) -> str:
-  """Writes accuracy against pruning rate, one line per criterion, as PNG."""
+           unpruned: float, xlabel: str, title: str,
+           sems: dict | None = None) -> str:
+  """Writes accuracy against pruning rate, one line per criterion, as PNG;
+  ``sems``: name -> the standard error per rate, drawn as a band."""
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
   for name, accuracy in accuracies.items():
-    ax.plot(np.asarray(rates) * 100, accuracy, marker='.', label=name)
+    _band(ax, np.asarray(rates) * 100, accuracy, (sems or {}).get(name),
+          name, marker='.')
   ax.axhline(unpruned * 0.95, color='gray', ls=':', lw=1,
              label='95% of unpruned')
   ax.set_xlabel(xlabel)

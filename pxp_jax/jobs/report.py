@@ -123,8 +123,12 @@ def write(workdir: pathlib.Path, stem: str, results, *, title: str,
       for rate, acc in zip(c['rates'], c['accuracy']):
         writer.writerow([name, rate, acc])
   png = 'curve.png' if stem == 'results' else f'{stem}.png'
+  label = lambda n, c: f"{n} (A_PR {c['a_pr']:.3f})"  # noqa: E731
   plot.curves(workdir / png, next(iter(results['criteria'].values()))['rates'],
-              {f"{n} (A_PR {c['a_pr']:.3f})": c['accuracy']
+              {label(n, c): c['accuracy']
                for n, c in results['criteria'].items()},
+              sems={label(n, c): c['accuracy_sem']
+                    for n, c in results['criteria'].items()
+                    if 'accuracy_sem' in c},
               unpruned=results['unpruned_accuracy'], xlabel=xlabel,
               title=title)
