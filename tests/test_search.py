@@ -60,6 +60,11 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   rows = _trials(tmp_path)
   states = [r['state'] for r in rows]
   assert states.count('COMPLETE') == 5 and states.count('FAIL') == 1
+  # The extension drew new parameters: no trial repeats one of the first
+  # run's (the sampler is not re-created with the same seed).
+  drawn = lambda r: (r['low.rule'], r['low.eps'], r['fc.gamma'])  # noqa: E731
+  first = {drawn(r) for r in rows[:3]}
+  assert not any(drawn(r) in first for r in rows[3:])
   retried = [r for r in rows if r['state'] == 'COMPLETE'
              and int(r['number']) > cut.number]
   assert any(r['low.rule'] == cut.params['low.rule'] and

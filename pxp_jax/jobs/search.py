@@ -233,19 +233,19 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
       raise ImportError("optuna's Gaussian-process sampler needs PyTorch: "
                         "pip install torch (or the 'test' extra), or use "
                         '--config.sampler=tpe')
-  sampler = (optuna.samplers.GPSampler(seed=config.seed)
-             if config.sampler == 'gp' else
-             optuna.samplers.TPESampler(seed=config.seed)
-             if config.sampler == 'tpe' else None)
-  if sampler is None:
+  samplers = {'gp': optuna.samplers.GPSampler,
+              'tpe': optuna.samplers.TPESampler}
+  if config.sampler not in samplers:
     raise ValueError(f'unknown sampler {config.sampler!r}; use gp or tpe')
   try:
     study = optuna.create_study(study_name=STUDY, storage=storage,
-                                sampler=sampler, direction='maximize',
-                                load_if_exists=True)
+                                direction='maximize', load_if_exists=True)
   except Exception as error:  # pylint: disable=broad-except
     raise ConnectionError(f'cannot open the optuna storage {storage!r}: '
                           f'{error}') from error
+  # Seeded by the trials so far: a resumed or extended search draws new
+  # parameters instead of repeating the first run's.
+  study.sampler = samplers[config.sampler](seed=config.seed + len(study.trials))
   if not study.trials:  # start from the usual composites
     for params in _usual_params(config.space, vit):
       study.enqueue_trial(params)
