@@ -71,8 +71,7 @@ def over_draws(runs: Sequence[Mapping]) -> dict:
   first = runs[0]
   unpruned = np.array([r['unpruned_accuracy'] for r in runs])
   out = {'unpruned_accuracy': float(unpruned.mean()),
-         'unpruned_accuracy_sem': float(np.std(unpruned, ddof=1)
-                                        / np.sqrt(len(runs))),
+         'unpruned_accuracy_sem': float(metrics.sem(unpruned)),
          'split': first['split'], 'draws': len(runs),
          'classes': [r.get('classes') for r in runs], 'criteria': {}}
   for name, c in first['criteria'].items():

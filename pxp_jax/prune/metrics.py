@@ -21,16 +21,21 @@ def summarize(rates: Sequence[float], accuracy: Sequence[float],
               top_pr=float(kept.max()) if kept.size else 0.0)
 
 
+def sem(values, axis: int = 0) -> np.ndarray:
+  """The standard error of the mean along ``axis``: the sample standard
+  deviation over sqrt(count)."""
+  values = np.asarray(values, float)
+  return np.std(values, axis, ddof=1) / np.sqrt(values.shape[axis])
+
+
 def standard_errors(rates: Sequence[float], runs: np.ndarray) -> dict:
-  """Standard errors of the mean over the rows of ``runs`` (seeds x rates):
-  of A_PR, of the AUC and of the accuracy at each rate (sample standard
-  deviation / sqrt(seeds))."""
+  """Standard errors of the mean over the rows of ``runs`` (seeds or draws
+  x rates): of A_PR, of the AUC and of the accuracy at each rate."""
   runs = np.asarray(runs, float)
-  sem = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
-  return dict(a_pr_sem=sem(runs.mean(1)),
-              auc_sem=sem(np.trapezoid(runs, np.asarray(rates, float), axis=1)),
-              accuracy_sem=(np.std(runs, 0, ddof=1)
-                            / np.sqrt(len(runs))).tolist())
+  return dict(a_pr_sem=float(sem(runs.mean(1))),
+              auc_sem=float(sem(np.trapezoid(runs, np.asarray(rates, float),
+                                             axis=1))),
+              accuracy_sem=sem(runs).tolist())
 
 
 def stack(per_criterion: Mapping[str, Mapping[str, jax.Array]]) -> dict:
