@@ -68,6 +68,23 @@ def pruning_fields(model: str) -> dict:
   )
 
 
+def scale_fields() -> dict:
+  """Where and how the job runs: the device mesh (``pxp_jax.distribute``;
+  -1 takes the devices the other axes leave), the precision and
+  rematerialisation of relevance passes, and TensorBoard logging."""
+  return dict(
+      mesh=dict(
+          data=-1,                 # data-parallel devices (-1: the rest)
+          rows=1,                  # devices splitting the sweep's mask rows
+      ),
+      precision='float32',         # float32 | bfloat16 (relevance passes;
+                                   # unit scores accumulate in float32)
+      remat=False,                 # recompute each block's activations in
+                                   # the backward pass (jax.checkpoint)
+      tensorboard=True,            # clu metric writers in workdir/tensorboard
+  )
+
+
 def faithfulness_fields() -> dict:
   """The input-faithfulness analysis of heatmaps (prune job and search):
   region perturbation of the heatmaps of ``faithfulness`` evaluation

@@ -9,7 +9,7 @@ Every field can be overridden on the command line, e.g.
 import ml_collections
 
 from experiments.configs.options import (faithfulness_fields, parse,
-                                         pruning_fields)
+                                         pruning_fields, scale_fields)
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
@@ -32,6 +32,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
                                    # images, pruned by lrp at each rate vs
                                    # unpruned (stability.json, .png)
       **faithfulness_fields(),
+      **scale_fields(),
       fine_tune_steps=0,           # > 0: fine-tune each pruned model, report
       fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate
       fine_tune_lr=1e-3,

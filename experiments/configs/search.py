@@ -11,7 +11,7 @@ searches the attention rule (``space.attention``).
 import ml_collections
 
 from experiments.configs.options import (faithfulness_fields, parse,
-                                         pruning_fields)
+                                         pruning_fields, scale_fields)
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
@@ -26,6 +26,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       sampler='gp',                    # gp (Gaussian process) | tpe
       storage='',                      # '' = SQLite in the workdir
       **faithfulness_fields(),
+      **scale_fields(),
       space=dict(
           groups=('low', 'middle', 'high', 'fc'),
           rules=('epsilon', 'gamma', 'zplus', 'alpha_beta'),

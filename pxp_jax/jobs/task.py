@@ -51,6 +51,11 @@ class Task:
       classes) or ``'zeroed'`` (the PXP reference's: their rows of the
       classifier's kernel and bias are zero, so their logits are 0 and the
       argmax runs over all classes; every criterion sees that model).
+    mesh: device mesh axis sizes (``pxp_jax.distribute``; None: data-parallel
+      over every device).
+    precision: ``float32`` or ``bfloat16`` relevance passes (scores
+      accumulate in float32).
+    remat: rematerialise each block's activations in relevance passes.
   """
 
   model_name: str
@@ -67,6 +72,9 @@ class Task:
   other_classes: str = 'excluded'
   class_draw: int = 0
   holdout_per_class: int = 0
+  mesh: Mapping[str, int] | None = None
+  precision: str = 'float32'
+  remat: bool = False
 
   def __post_init__(self):
     self.model, self.variables = checkpoints.load(self.model_name)
@@ -95,12 +103,15 @@ class Task:
 
   @classmethod
   def from_config(cls, config) -> 'Task':
-    return cls(config.model, config.dataset, config.data_dir,
-               tuple(config.classes), config.reference_split,
-               config.n_per_class, config.seed, config.units,
-               config.absolute_tokens, config.batch_size,
-               config.eval_batch_size, config.other_classes,
-               config.class_draw, config.holdout_per_class)
+    """The task of a prune or search config (``experiments/configs``)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    renamed = dict(model='model_name', units='units_type')
+    chosen = {renamed.get(k, k): v for k, v in config.items()
+              if renamed.get(k, k) in fields}
+    chosen['classes'] = tuple(chosen.get('classes', ()))
+    if 'mesh' in chosen:
+      chosen['mesh'] = dict(chosen['mesh'])
+    return cls(**chosen)
 
   # Data ----------------------------------------------------------------------
 
