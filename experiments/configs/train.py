@@ -38,7 +38,9 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       name=name, dataset='digits', data_dir='', num_classes=10,
       splits=dict(train='train', validation='validation', test='test'),
       preprocess=DIGITS_PREPROCESS, seed=0, eval_batch_size=256,
-      augment_shift=2, label_smoothing=0.0, **RECIPES[name]))
+      augment_shift=2, label_smoothing=0.0,
+      tensorboard=True,  # clu metric writers in workdir/tensorboard
+      **RECIPES[name]))
   if options.runlocal:
     config.num_epochs = 2
     config.warmup_epochs = 0

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 
 import pxp_jax
 from pxp_jax import data, plot
-from pxp_jax.jobs import analyses, report, task as task_lib
+from pxp_jax.jobs import analyses, logs, report, task as task_lib
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.prune import finetune, ranking
@@ -41,6 +41,7 @@ def prune(config, workdir) -> dict[str, Any]:
     raise ValueError('config.stability needs the lrp criterion (its masks '
                      f'prune the model), got criteria {config.criteria}')
   workdir_lib.claim(workdir, config)
+  tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
   log = lambda message: _log(start, message)  # noqa: E731
   log(f'loading {config.model}')
@@ -84,6 +85,8 @@ def prune(config, workdir) -> dict[str, Any]:
     _fine_tune_all(config, task, masks, rates, results, log)
   report.write(workdir, 'results', results, xlabel=f'pruned {task.units_type} (%)',
                title=f'{config.model}: pruning without fine-tuning')
+  logs.write_pruning(tb, results)
+  tb.close()
   if config.heatmaps:
     count = min(config.heatmaps, len(labels))
     chosen = np.linspace(0, len(labels) - 1, count).astype(int)

@@ -35,7 +35,7 @@ import optuna
 from matplotlib.figure import Figure
 
 from pxp_jax import composites, rules
-from pxp_jax.jobs import analyses, report, task as task_lib
+from pxp_jax.jobs import analyses, logs, report, task as task_lib
 from pxp_jax.jobs import workdir as workdir_lib
 
 STUDY = 'pxp_search'
@@ -148,6 +148,7 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
     raise ValueError(f'objective must be one of {OBJECTIVES}, got '
                      f'{config.objective!r}')
   workdir_lib.claim(workdir, config)
+  tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
   problem = _Problem(config)
@@ -170,6 +171,9 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
     print(f'[{time.time() - start:6.1f}s] trial {trial.number}: {metric} '
           f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number}); '
           f'{trial.user_attrs["compiles"]} XLA compilations', flush=True)
+    tb.write_scalars(trial.number, {f'trial/{config.objective}': trial.value,
+                                    f'best/{config.objective}': best.value})
+    tb.flush()
 
   done = sum(t.state == optuna.trial.TrialState.COMPLETE
              for t in study.trials)
@@ -199,6 +203,8 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                title=f'{config.model}: optimised LRP vs baselines '
                f'({config.test_split} split)')
   print(report.table(comparison), flush=True)
+  logs.write_pruning(tb, comparison)
+  tb.close()
   if config.faithfulness:
     _faithfulness(problem, best.params, config, workdir)
   return comparison

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from pxp_jax import checkpoints, data, evaluate, models
+from pxp_jax.jobs import logs
 from pxp_jax.jobs import workdir as workdir_lib
 
 
@@ -104,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.claim(workdir, config)
+  tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   preprocess = data.Preprocess(**config.preprocess)
   split = lambda name: data.load(config.dataset, name,  # noqa: E731
                                  data_dir=config.data_dir or None)
@@ -153,6 +155,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f'epoch {epoch + 1}/{config.num_epochs}  loss {loss_sum / seen:.4f}'
           f'  train acc {correct / seen:.4f}  val acc {val_acc:.4f}'
           f'  ({time.time() - start:.1f}s)', flush=True)
+    tb.write_scalars(epoch + 1, {'loss': loss_sum / seen,
+                                 'train_accuracy': correct / seen,
+                                 'validation_accuracy': val_acc})
+    tb.flush()
   manager.wait_until_finished()
   manager.close()
 
@@ -171,5 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         overrides=config.model_overrides.to_dict(), dataset=config.dataset,
         preprocess=config.preprocess.to_dict(), **results)
   (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  tb.write_scalars(config.num_epochs, {'test_accuracy': accuracy['test']})
+  tb.close()
   print(f'exported to {export}', flush=True)
   return results
