@@ -1,7 +1,19 @@
-"""What every experiment binary shares: a --config file and a --workdir."""
+"""What every experiment binary shares: a --config file, a --workdir, and
+the flags that join the processes of a multi-host job."""
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from pxp_jax import distribute
+
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-process '
+    'job (not needed on a Cloud TPU slice, SLURM or Open MPI, which JAX '
+    'detects).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes of a multi-process job.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process: 0 to --num_processes - 1.')
 
 
 def define_config_and_workdir(default_config: str, help_text: str):
@@ -15,9 +27,15 @@ def define_config_and_workdir(default_config: str, help_text: str):
 
 
 def start(argv) -> None:
-  """Rejects stray arguments and quiets library INFO logs (orbax logs every
-  save) unless ``--verbosity`` was given."""
+  """Rejects stray arguments, quiets library INFO logs (orbax logs every
+  save) unless ``--verbosity`` was given, and joins the other processes of
+  a multi-process job (``pxp_jax.distribute.initialize``)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  try:
+    distribute.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                          _PROCESS_ID.value)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error

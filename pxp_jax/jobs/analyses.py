@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from pxp_jax import faithfulness, plot
+from pxp_jax import distribute, faithfulness, plot
 
 # Region perturbation's baselines (config.perturbation.baseline): a black
 # image (zero raw pixels: the normalised input's lower bound) or the
@@ -57,6 +57,8 @@ def write_faithfulness(task, named, config, split: str, workdir, *,
       baseline=baseline, steps=options.steps or None,
       classes=task.classes if task.other_classes == 'excluded' else None)
   results.update(split=split, baseline_name=options.baseline)
+  if not distribute.is_primary():
+    return results
   workdir = pathlib.Path(workdir)
   (workdir / 'faithfulness.json').write_text(
       json.dumps(results, indent=2) + '\n')
@@ -87,6 +89,8 @@ def write_stability(task, composite, masks, rates, config, workdir) -> dict:
                  split=config.eval_split, units=task.units_type,
                  per_image={k: np.asarray(v).tolist()
                             for k, v in similarities.items()})
+  if not distribute.is_primary():
+    return results
   workdir = pathlib.Path(workdir)
   (workdir / 'stability.json').write_text(json.dumps(results, indent=2)
                                           + '\n')

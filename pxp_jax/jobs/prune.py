@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import pxp_jax
-from pxp_jax import data, plot
+from pxp_jax import data, distribute, plot
 from pxp_jax.jobs import analyses, logs, report, task as task_lib
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.lrp import attribution as attribute_lib
@@ -80,24 +80,26 @@ def prune(config, workdir) -> dict[str, Any]:
                                    per_layer=config.per_layer,
                                    keep_one=config.keep_one)
   log(f'evaluated {len(scores)} criteria x {len(rates)} rates')
-  results.update(config=config.to_dict(), version=pxp_jax.__version__)
+  results.update(config=config.to_dict(), version=pxp_jax.__version__,
+                 **distribute.describe(task.device_mesh))
   if config.fine_tune_steps:
     _fine_tune_all(config, task, masks, rates, results, log)
   report.write(workdir, 'results', results, xlabel=f'pruned {task.units_type} (%)',
                title=f'{config.model}: pruning without fine-tuning')
   logs.write_pruning(tb, results)
   tb.close()
-  if config.heatmaps:
+  if config.heatmaps:  # computed by every process, drawn by process 0
     count = min(config.heatmaps, len(labels))
     chosen = np.linspace(0, len(labels) - 1, count).astype(int)
     result = attribute_lib.attribute(
         task.model, task.variables, jnp.asarray(images[chosen]),
         jnp.asarray(labels[chosen]), composite)
-    plot.heatmaps(images[chosen], np.asarray(result.input),
-                  workdir / 'heatmaps.png', mean=task.preprocess.mean,
-                  std=task.preprocess.std,
-                  titles=[f'label {int(t)}' for t in labels[chosen]],
-                  suptitle=f'{config.model}: LRP input relevance')
+    if distribute.is_primary():
+      plot.heatmaps(images[chosen], np.asarray(result.input),
+                    workdir / 'heatmaps.png', mean=task.preprocess.mean,
+                    std=task.preprocess.std,
+                    titles=[f'label {int(t)}' for t in labels[chosen]],
+                    suptitle=f'{config.model}: LRP input relevance')
   if config.stability:
     analyses.write_stability(task, composite, masks['lrp'][0], rates, config,
                              workdir)
@@ -109,7 +111,8 @@ def prune(config, workdir) -> dict[str, Any]:
         config, config.eval_split, workdir,
         title=f'{config.model}: region perturbation')
     log(f'region perturbation of {config.faithfulness} images')
-  print(report.table(results), flush=True)
+  if distribute.is_primary():
+    print(report.table(results), flush=True)
   log(f'wrote results to {workdir}')
   return results
 
@@ -153,4 +156,5 @@ def _cached_scores(path: pathlib.Path, compute) -> dict[str, np.ndarray]:
 
 
 def _log(start, message):
-  print(f'[{time.time() - start:6.1f}s] {message}', flush=True)
+  if distribute.is_primary():
+    print(f'[{time.time() - start:6.1f}s] {message}', flush=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pxp_jax import plot
+from pxp_jax import distribute, plot
 from pxp_jax.prune import metrics, ranking
 
 REPORTED_RATES = (0.3, 0.5, 0.7)
@@ -112,7 +112,10 @@ def table(results) -> str:
 def write(workdir: pathlib.Path, stem: str, results, *, title: str,
           xlabel: str) -> None:
   """``stem.json``, ``stem.csv`` (criterion, rate, accuracy) and the curves
-  as ``<png>``: ``curve.png`` for ``results``, else ``stem.png``."""
+  as ``<png>``: ``curve.png`` for ``results``, else ``stem.png``; written
+  by process 0 only."""
+  if not distribute.is_primary():
+    return
   workdir = pathlib.Path(workdir)
   (workdir / f'{stem}.json').write_text(json.dumps(results, indent=2) + '\n')
   with open(workdir / f'{stem}.csv', 'w', newline='') as f:

@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
+import jax
 import numpy as np
 
-from pxp_jax import checkpoints, composites, data, structure
+from pxp_jax import checkpoints, composites, data, distribute, structure
 from pxp_jax.models import spec as spec_lib
 from pxp_jax.prune import criteria, metrics, sweep
 
@@ -99,6 +100,8 @@ class Task:
           self.variables, self.spec.classifier or self.found.output_layer,
           self.classes)
     self.units_type = self.units_type or self.spec.default_units(self.found)
+    self.device_mesh = distribute.make_mesh(self.mesh)
+    self.variables = distribute.replicate(self.variables, self.device_mesh)
     self._references, self._samples, self._arrays = {}, {}, {}
 
   @classmethod
@@ -164,18 +167,37 @@ class Task:
     return source if keep.all() else data.Subset(source, np.flatnonzero(keep))
 
   def batches(self, split: str, *, cached: bool = False):
-    """Evaluation batches of ``split`` (``source``): streamed, or held in
-    memory when ``cached`` (what a search re-reads every trial)."""
+    """This process's evaluation batches of ``split`` (``source``; on
+    several processes each reads an equal contiguous part, in batches of
+    ``eval_batch_size`` / processes): streamed, or held in memory when
+    ``cached`` (what a search re-reads every trial)."""
+    source = self._process_part(self.source(split))
+    step = self._eval_batch()
     if not cached:
-      return data.batches(self.source(split), self.preprocess,
-                          self.eval_batch_size)
+      return data.batches(source, self.preprocess, step)
     if split not in self._arrays:
-      images, labels = data.as_arrays(self.source(split), self.preprocess)
-      step = self.eval_batch_size
+      images, labels = data.as_arrays(source, self.preprocess)
       self._arrays[split] = [dict(image=images[i:i + step],
                                   label=labels[i:i + step])
                              for i in range(0, len(labels), step)]
     return self._arrays[split]
+
+  def _eval_batch(self) -> int:
+    """Evaluation examples per batch and process."""
+    return -(-self.eval_batch_size // jax.process_count())
+
+  def _eval_batch_count(self, split: str) -> int:
+    """Batches every process runs over ``split`` (the largest part's)."""
+    largest = -(-len(self.source(split)) // jax.process_count())
+    return -(-largest // self._eval_batch())
+
+  @staticmethod
+  def _process_part(source):
+    """This process's contiguous part of ``source`` (all of it on one)."""
+    if jax.process_count() == 1:
+      return source
+    parts = np.array_split(np.arange(len(source)), jax.process_count())
+    return data.Subset(source, parts[jax.process_index()])
 
   @property
   def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +257,8 @@ class Task:
     """The units' scores by ``criterion`` on the reference samples."""
     images, labels = self.references(n_per_class)
     return criterion.score(self.model, self.variables, images, labels,
-                           self.units, batch_size=self.batch_size)
+                           self.units, batch_size=self.batch_size,
+                           mesh=self.device_mesh)
 
   # Evaluation ------------------------------------------------------------------
 
@@ -244,11 +267,15 @@ class Task:
     """name -> accuracy of each row of ``masks[name]`` (unit key -> (rows,
     units)) on ``split``, all evaluated by one compiled program."""
     names = list(masks)
+    share = (distribute.batch_multiple(self.device_mesh)
+             // jax.process_count())  # the process's data devices
     accuracy = sweep.sweep_accuracy(
         self.model, self.variables if variables is None else variables,
         self.batches(split, cached=cached), metrics.stack(masks),
         self.num_classes,
-        self.classes if self.other_classes == 'excluded' else None)
+        self.classes if self.other_classes == 'excluded' else None,
+        mesh=self.device_mesh, n_batches=self._eval_batch_count(split),
+        batch_size=-(-self._eval_batch() // share) * share)
     rows = [len(next(iter(masks[n].values()))) for n in names]
     starts = np.cumsum([0, *rows])
     return {n: accuracy[starts[i]:starts[i + 1]] for i, n in enumerate(names)}

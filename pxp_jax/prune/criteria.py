@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax import structure, taps
+from pxp_jax import distribute, structure, taps
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.models import spec as spec_lib
 
@@ -51,12 +51,14 @@ class Criterion:
   name: ClassVar[str] = ''
 
   def score(self, model, variables, images, labels,
-            units: Mapping[str, structure.Unit], *, batch_size: int = 32
-            ) -> Scores:
+            units: Mapping[str, structure.Unit], *, batch_size: int = 32,
+            mesh=None) -> Scores:
     """unit key -> (units,) float64 scores over the reference samples
     ``images`` (N, H, W, C) (an array or ``data.Images``) with ``labels``
     (N,); ``batch_size`` samples per
-    compiled call (the last batch is padded: one program for any count)."""
+    compiled call (the last batch is padded: one program for any count),
+    split over the data axis of ``mesh`` (``pxp_jax.distribute``) if
+    given."""
     raise NotImplementedError
 
 
@@ -80,7 +82,7 @@ class LRP(Criterion):
   name: ClassVar[str] = 'lrp'
 
   def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
+            batch_size=32, mesh=None):
     def per_batch(x, t):
       result = attribute_lib.attribute(
           model, variables, x, t, self.composite,
@@ -89,7 +91,7 @@ class LRP(Criterion):
           check_finite=False)
       return {k: result.units[k] for k in units}
     return _summed(per_batch, images, labels, units, batch_size, self.name,
-                   per_sample=None if self.signed else np.abs)
+                   per_sample=None if self.signed else np.abs, mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +102,8 @@ class Random(Criterion):
   name: ClassVar[str] = 'random'
 
   def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
-    del model, variables, images, labels, batch_size
+            batch_size=32, mesh=None):
+    del model, variables, images, labels, batch_size, mesh
     rng = np.random.default_rng(self.seed)
     return {k: rng.random(u.size) for k, u in units.items()}
 
@@ -120,8 +122,8 @@ class Weight(Criterion):
   name: ClassVar[str] = 'weight'
 
   def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
-    del labels, batch_size
+            batch_size=32, mesh=None):
+    del labels, batch_size, mesh
     params = flax.traverse_util.flatten_dict(variables['params'], sep='.')
     found = None
     out = {}
@@ -153,10 +155,10 @@ class _AtTheUnits(Criterion):
     raise NotImplementedError
 
   def score(self, model, variables, images, labels, units, *,
-            batch_size=32):
+            batch_size=32, mesh=None):
     run = _sensitivity(model, variables, units, **self._program())
     return _summed(run, images, labels, units, batch_size, self.name,
-                   **self._transforms())
+                   **self._transforms(), mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,25 +352,43 @@ def get(name: str, **options) -> Criterion:
 
 def _summed(per_batch: Callable, images, labels, units, batch_size, name, *,
             per_sample: Callable | None = None,
-            final: Callable | None = None) -> Scores:
+            final: Callable | None = None, mesh=None) -> Scores:
   """unit key -> ``final(sum_n per_sample(v_n))``, both the identity unless
   given, where ``per_batch(x, t)`` returns unit key -> (batch, units) values
-  ``v_n`` per sample. The samples go in batches of ``batch_size``; the last
-  batch is padded with copies of its last sample (the same shapes: one
-  compiled program for any count) whose values are dropped before the sum.
+  ``v_n`` per sample. The samples go in batches of ``batch_size`` (rounded
+  up to a multiple of the mesh's data axis); the last batch is padded with
+  copies of the last sample (the same shapes: one compiled program for any
+  count) whose values are dropped before the sum. With a ``mesh`` each
+  batch is split over its data axis, each process reading its own part.
   The sums run on the host in float64."""
   totals = {k: np.zeros(u.size) for k, u in units.items()}
   labels = np.asarray(labels)  # images: an array, or data.Images read lazily
-  for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size]
-    t = labels[start:start + batch_size]
-    valid = len(x)
-    if valid < batch_size:  # pad: same shapes, same compiled program
-      x = np.concatenate([x, np.repeat(x[-1:], batch_size - valid, 0)])
-      t = np.concatenate([t, np.repeat(t[-1:], batch_size - valid, 0)])
-    values = per_batch(jnp.asarray(x), jnp.asarray(t))
+  count = len(labels)
+  if mesh is not None:
+    step = distribute.batch_multiple(mesh)
+    batch_size = -(-batch_size // step) * step
+  for start in range(0, count, batch_size):
+    if mesh is None:
+      rows = slice(start, min(start + batch_size, count))
+    else:  # this process's part of the global batch
+      part = distribute.process_rows(batch_size)
+      rows = slice(min(start + part.start, count),
+                   min(start + part.stop, count))
+    x, t = images[rows], labels[rows]
+    size = batch_size if mesh is None else part.stop - part.start
+    if len(t) < size:  # pad: same shapes, same compiled program
+      last = slice(count - 1, count)
+      x = np.concatenate([x, np.repeat(images[last], size - len(t), 0)])
+      t = np.concatenate([t, np.repeat(labels[last], size - len(t), 0)])
+    if mesh is None:
+      x, t = jnp.asarray(x), jnp.asarray(t)
+    else:
+      batch = distribute.global_batch(dict(x=x, t=t), mesh, batch_size)
+      x, t = batch['x'], batch['t']
+    values = per_batch(x, t)
+    valid = min(batch_size, count - start)
     for k in units:
-      v = np.asarray(values[k], np.float64)[:valid]  # the padding dropped
+      v = distribute.to_host(values[k]).astype(np.float64)[:valid]
       totals[k] += (v if per_sample is None else per_sample(v)).sum(0)
   if final is not None:
     totals = {k: final(v) for k, v in totals.items()}

@@ -17,7 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax import structure, taps
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pxp_jax import distribute, structure, taps
 
 
 def masked_apply(model: nn.Module, variables, x, unit_masks: Mapping,
@@ -41,17 +44,22 @@ def masked_apply(model: nn.Module, variables, x, unit_masks: Mapping,
   return taps.apply(model, variables, x, taps=[taps.scale(factors)])
 
 
-@functools.cache  # one program per model, however many sweeps ask
-def sweep_correct(model: nn.Module) -> Callable:
+@functools.cache  # one program per model and mesh, however many sweeps ask
+def sweep_correct(model: nn.Module, mesh: Mesh | None = None) -> Callable:
   """A jitted ``(variables, images, labels, stacked_masks, classes) ->
   correct`` counting, for every row of the stacked masks (unit key ->
   (M, units)), the correctly classified images of the batch. One compiled
   program serves every criterion and rate: masks are arguments, not
   constants. ``classes``: bool (num_classes,) of the allowed classes (the
-  reference's few-class task masks out the other logits)."""
+  reference's few-class task masks out the other logits).
 
-  @jax.jit
-  def run(variables, images, labels, stacked, classes):
+  With a ``mesh`` (``pxp_jax.distribute``) the batch is split over its
+  ``data`` axis and the mask rows over its ``rows`` axis (``shard_map``):
+  the batch size must be a multiple of the data axis, M of the rows axis;
+  the counts are summed over the data axis and gathered over the rows, so
+  every device holds all M."""
+
+  def correct(variables, images, labels, stacked, classes):
     found = structure.trace(model, variables, images.shape, images.dtype)
 
     def one(masks_row):
@@ -61,16 +69,38 @@ def sweep_correct(model: nn.Module) -> Callable:
 
     return jax.lax.map(one, stacked)
 
-  return run
+  if mesh is None:
+    return jax.jit(correct)
+
+  def on_devices(variables, images, labels, stacked, classes):
+    counts = jax.lax.psum(correct(variables, images, labels, stacked,
+                                  classes), 'data')
+    return jax.lax.all_gather(counts, 'rows', tiled=True)
+
+  return jax.jit(jax.shard_map(
+      on_devices, mesh=mesh, out_specs=P(), check_vma=False,
+      in_specs=(P(), P('data'), P('data'), P('rows'), P())))
 
 
 def sweep_accuracy(model, variables, batches: Iterable, stacked: Mapping,
                    num_classes: int, classes: Sequence[int] | None = None,
-                   run: Callable | None = None) -> np.ndarray:
-  """Top-1 accuracy of each row of ``stacked`` over all ``batches``."""
-  run = run or sweep_correct(model)
+                   run: Callable | None = None, mesh: Mesh | None = None,
+                   n_batches: int | None = None,
+                   batch_size: int | None = None) -> np.ndarray:
+  """Top-1 accuracy of each row of ``stacked`` over all ``batches``.
+
+  With a ``mesh`` every batch is padded to ``batch_size`` rows per process
+  (default: the first batch's, rounded up to the process's share of the
+  data axis; padded labels are -1, never correct) and the mask rows to a
+  multiple of the rows axis. On several processes ``batches`` are this
+  process's own and every process passes the same ``n_batches`` and
+  ``batch_size`` (a process out of batches contributes padding)."""
   allowed = np.zeros(num_classes, bool)
   allowed[list(range(num_classes)) if classes is None else list(classes)] = True
+  if mesh is not None:
+    return _sharded_accuracy(model, variables, batches, stacked, allowed,
+                             mesh, run, n_batches, batch_size)
+  run = run or sweep_correct(model)
   correct, total = 0, 0
   for batch in batches:
     correct = correct + np.asarray(run(variables, jnp.asarray(batch['image']),
@@ -80,3 +110,55 @@ def sweep_accuracy(model, variables, batches: Iterable, stacked: Mapping,
   if total == 0:
     raise ValueError('no examples to evaluate')
   return correct / total
+
+
+def _sharded_accuracy(model, variables, batches, stacked, allowed, mesh, run,
+                      n_batches, batch_size):
+  run = run or sweep_correct(model, mesh)
+  rows = len(next(iter(stacked.values())))
+  spare = -rows % mesh.shape['rows']  # all-ones rows, dropped at the end
+  stacked = {k: jax.device_put(
+      np.concatenate([np.asarray(v), np.ones((spare, *np.shape(v)[1:]),
+                                              np.asarray(v).dtype)]),
+      NamedSharding(mesh, P('rows'))) for k, v in stacked.items()}
+  allowed = jax.device_put(allowed, NamedSharding(mesh, P()))
+  share = distribute.batch_multiple(mesh) // jax.process_count()
+  batches = iter(batches)
+  correct, total, done, empty = 0, 0, 0, None
+  while n_batches is None or done < n_batches:
+    batch = next(batches, None)
+    if batch is None and n_batches is None:
+      break
+    if batch is None:  # this process is out of data: padding only
+      if empty is None:
+        raise ValueError('this process has no examples to evaluate: use '
+                         'fewer processes than examples')
+      batch = empty
+    if batch_size is None:
+      batch_size = -(-len(batch['label']) // share) * share
+    empty = dict(image=np.asarray(batch['image'])[:0],
+                 label=np.asarray(batch['label'])[:0])
+    image, label = _padded(batch, batch_size)
+    total += int(np.sum(label >= 0))
+    arrays = distribute.global_batch(
+        dict(image=image, label=label), mesh,
+        batch_size * jax.process_count())
+    correct = correct + distribute.to_host(run(
+        variables, arrays['image'], arrays['label'], stacked, allowed))
+    done += 1
+  total = distribute.process_sum(total)
+  if total == 0:
+    raise ValueError('no examples to evaluate')
+  return (correct / total)[:rows]
+
+
+def _padded(batch, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """A batch's images and labels padded to ``size`` rows (zero images,
+  label -1, never correct)."""
+  image, label = np.asarray(batch['image']), np.asarray(batch['label'])
+  if len(label) > size:
+    raise ValueError(f'a batch of {len(label)} exceeds batch_size {size}')
+  missing = size - len(label)
+  return (np.concatenate([image, np.zeros((missing, *image.shape[1:]),
+                                          image.dtype)]),
+          np.concatenate([label, np.full(missing, -1, label.dtype)]))
