@@ -4,8 +4,11 @@ r"""Bayesian search over LRP composites for pruning (PXP revisited).
       --config=experiments/configs/search.py:model=resnet_digits --workdir=DIR \
       --n_trials=30 [--timeout=SECONDS]
 
---n_trials is the total the study should reach: re-running with a larger
-number resumes and adds the rest. Writes DIR/best_composite.json (usable as
+--n_trials is the total the study should reach, counted over all workers
+on it: re-running with a larger number resumes and adds the rest, and
+several processes with --config.storage=journal (one machine) or
+--config.storage=postgresql://USER@HOST:PORT/DB (many machines) share the
+study and together complete --n_trials trials. Writes DIR/best_composite.json (usable as
 ``experiments.prune --config.composite_json=...``), trials.csv, history.png,
 importance.png, comparison.json and comparison.png.
 """

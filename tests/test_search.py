@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import optuna
 import pytest
@@ -27,7 +28,8 @@ def _trials(workdir):
     return list(csv.DictReader(f))
 
 
-def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
+def test_search_beats_the_default_and_resumes(digits_dir, tmp_path,
+                                              monkeypatch):
   search.search(_config(digits_dir), tmp_path, n_trials=3)
   rows = _trials(tmp_path)
   assert [r['state'] for r in rows] == ['COMPLETE'] * 3
@@ -51,10 +53,13 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path):
   assert len(random['accuracy_per_seed']) == 2 and random['a_pr_sem'] >= 0
 
   # A trial cut by a kill (left RUNNING) is retried with its parameters, and
-  # a larger --n_trials adds the rest: no finished trial is lost.
+  # a larger --n_trials adds the rest: no finished trial is lost. A running
+  # trial is taken as dead once no worker has claimed it for GRACE_S.
   study = optuna.load_study(study_name=search.STUDY,
                             storage=f'sqlite:///{tmp_path / "study.db"}')
   cut = study.ask(study.best_trial.distributions)  # the search's parameters
+  monkeypatch.setattr(search, 'GRACE_S', 1)
+  time.sleep(1.0)
   compiled = attribution.compiled_programs()
   search.search(_config(digits_dir), tmp_path, n_trials=5)
   rows = _trials(tmp_path)

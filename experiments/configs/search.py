@@ -24,7 +24,16 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       cache_eval=True,                 # hold the evaluation splits in memory
                                        # (False streams them every trial)
       sampler='gp',                    # gp (Gaussian process) | tpe
-      storage='',                      # '' = SQLite in the workdir
+      storage='',                      # where trials live: '' = SQLite in
+                                       # the workdir (one worker); 'journal'
+                                       # = workdir/study.journal (several
+                                       # workers on one machine, no server);
+                                       # 'journal:PATH' = a journal file on a
+                                       # shared file system; or an
+                                       # SQLAlchemy URL for workers on many
+                                       # machines: postgresql://USER@HOST:
+                                       # PORT/DB (pxp_jax[postgres]),
+                                       # mysql+pymysql://..., sqlite:///PATH
       **faithfulness_fields(),
       **scale_fields(),
       space=dict(

@@ -17,22 +17,53 @@ leaves: ``dynamic_rules=True``; a ViT's attention rules take three
 programs, AttnLRP, the two z+ rules and CP-LRP, whose rules differ in kind)
 and the evaluation sweep (masks are arguments). Trials are stored by optuna (SQLite in the workdir by
 default), so a killed search continues where it stopped.
+
+Several workers (processes of ``experiments.search``, on one machine or
+several) share one study through ``config.storage``: ``'journal'`` (an
+append-only file, ``workdir/study.journal``, no server), ``'journal:PATH'``
+(a journal file elsewhere, e.g. on a shared file system) or an SQLAlchemy
+URL (``postgresql://user@host:port/db``; ``''`` is SQLite in the workdir,
+for one worker). ``n_trials`` is the total the study reaches, counted over
+all workers: a trial takes one of the first ``n_trials`` places among the
+study's waiting, running and complete trials (by trial number) or is pruned
+unrun, so N workers with ``n_trials=T`` together complete exactly T. Each
+worker seeds the sampler of trial n with ``seed + n`` (two workers never
+share a seed, and a resumed search draws new parameters), the usual
+composites are queued once, by the worker that creates the study, and a
+running trial sends a heartbeat every ``HEARTBEAT_S`` seconds: one silent
+for ``GRACE_S`` (its worker was killed) is failed and queued again with its
+parameters (optuna's ``RetryHeartbeatStaleTrialCallback``), as is a running
+trial that no worker ever claimed. A worker whose places are all taken
+waits for the others' last trials (and takes over any that die); then every
+worker writes the outputs of the complete study: each into a folder of its
+own, then moved file by file into the workdir (one rename each, whole files
+only) under the workdir's lock, unless the workdir already holds the outputs
+of more complete trials. Each worker compiles its programs once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
+import fcntl
 import functools
 import json
+import os
 import pathlib
+import shutil
+import socket
 import time
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 import optuna
+import sqlalchemy
 from matplotlib.figure import Figure
+# optuna's journal storage has no heartbeat of its own; _Journal adds one.
+from optuna.storages._heartbeat import BaseHeartbeat
 
 from pxp_jax import composites, rules
 from pxp_jax.jobs import analyses, logs, report, task as task_lib
@@ -40,6 +71,13 @@ from pxp_jax.jobs import workdir as workdir_lib
 
 STUDY = 'pxp_search'
 OBJECTIVES = {'a_pr': 'A_PR', 'auc': 'AUC'}  # config.objective -> its name
+HEARTBEAT_S = 10  # a running trial's heartbeat period (seconds)
+GRACE_S = 60      # a running trial silent this long is dead: failed, retried
+POLL_S = 2.0      # how often a worker waiting for others' last trials looks
+MAX_RETRY = 3     # a trial whose worker dies is retried at most this often
+_RUNNING, _WAITING, _COMPLETE = (optuna.trial.TrialState.RUNNING,
+                                 optuna.trial.TrialState.WAITING,
+                                 optuna.trial.TrialState.COMPLETE)
 
 
 def _validate_space(space) -> None:
@@ -147,14 +185,19 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   if config.objective not in OBJECTIVES:
     raise ValueError(f'objective must be one of {OBJECTIVES}, got '
                      f'{config.objective!r}')
-  workdir_lib.claim(workdir, config)
+  with _locked(workdir):  # workers may start together
+    workdir_lib.claim(workdir, config)
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
   problem = _Problem(config)
   study = _study(config, workdir, vit=problem.transformer)
+  worker = f'{socket.gethostname()}:{os.getpid()}'
 
   def objective(trial):
+    trial.set_user_attr('worker', worker)  # claimed: not an orphan
+    if _surplus(study, trial, n_trials):
+      raise optuna.TrialPruned(f'the study has its {n_trials} trials')
     with _counting_compiles() as compiles:
       params = _suggest(trial, config.space, vit=problem.transformer)
       composite = problem.composite(params)
@@ -167,6 +210,8 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   metric = OBJECTIVES[config.objective]
 
   def progress(study, trial):
+    if trial.state != _COMPLETE:  # pruned: another worker took its place
+      return
     best = study.best_trial
     print(f'[{time.time() - start:6.1f}s] trial {trial.number}: {metric} '
           f'{trial.value:.4f} (best {best.value:.4f}, trial {best.number}); '
@@ -175,13 +220,20 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                                     f'best/{config.objective}': best.value})
     tb.flush()
 
-  done = sum(t.state == optuna.trial.TrialState.COMPLETE
-             for t in study.trials)
+  done = len(study.get_trials(deepcopy=False, states=(_COMPLETE,)))
   if done < n_trials:
-    print(f'{done} trials done, running {n_trials - done} more', flush=True)
-    study.optimize(objective, n_trials=n_trials - done,
-                   timeout=timeout or None, callbacks=[progress])
+    print(f'{done} trials done, running until the study has {n_trials} '
+          '(with any other workers on it)', flush=True)
+    _run(study, objective, n_trials, deadline=time.time() + (timeout or
+                                                             float('inf')),
+         callbacks=[progress])
+  if not study.get_trials(deepcopy=False, states=(_COMPLETE,)):
+    raise RuntimeError(f'the study has no complete trial after --timeout='
+                       f'{timeout}s; give it more time')
   best = study.best_trial
+  staging = workdir / f'.staging-{worker.replace(":", "-")}'
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir()
   best_composite = problem.composite(best.params)
   args = {g: rules.to_json(best_composite[g]) for g in composites.GROUPS}
   args['boundaries'] = list(config.space.boundaries)
@@ -193,12 +245,12 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                'n_per_class': best.params.get('n_per_class',
                                               config.n_per_class),
                f'validation_{config.objective}': best.value}
-  (workdir / 'best_composite.json').write_text(
+  (staging / 'best_composite.json').write_text(
       json.dumps(best_json, indent=2) + '\n')
-  _write_trials(workdir / 'trials.csv', study, config.objective)
-  _plot_study(workdir, study, metric)
+  _write_trials(staging / 'trials.csv', study, config.objective)
+  _plot_study(staging, study, metric)
   comparison = _compare(problem, best.params, config)
-  report.write(workdir, 'comparison', comparison,
+  report.write(staging, 'comparison', comparison,
                xlabel=f'pruned {problem.task.units_type} (%)',
                title=f'{config.model}: optimised LRP vs baselines '
                f'({config.test_split} split)')
@@ -206,7 +258,8 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
   logs.write_pruning(tb, comparison)
   tb.close()
   if config.faithfulness:
-    _faithfulness(problem, best.params, config, workdir)
+    _faithfulness(problem, best.params, config, staging)
+  _publish(staging, workdir)
   return comparison
 
 
@@ -232,7 +285,10 @@ _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
 def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
-  storage = config.storage or f'sqlite:///{workdir / "study.db"}'
+  """Creates or loads the study; the worker that creates it queues the
+  usual composites (once: creating a study of a name that exists fails in
+  every storage, atomically) and records the config, which every other
+  worker must share."""
   if config.sampler == 'gp':
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec('torch') is None:
@@ -243,23 +299,271 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
               'tpe': optuna.samplers.TPESampler}
   if config.sampler not in samplers:
     raise ValueError(f'unknown sampler {config.sampler!r}; use gp or tpe')
+  storage = _storage(config.storage, workdir)
+  sampler = _SeededPerTrial(samplers[config.sampler], config.seed)
+  recorded = json.dumps(_shared_config(config), sort_keys=True)
   try:
     study = optuna.create_study(study_name=STUDY, storage=storage,
-                                direction='maximize', load_if_exists=True)
-  except Exception as error:  # pylint: disable=broad-except
-    raise ConnectionError(f'cannot open the optuna storage {storage!r}: '
-                          f'{error}') from error
-  # Seeded by the trials so far: a resumed or extended search draws new
-  # parameters instead of repeating the first run's.
-  study.sampler = samplers[config.sampler](seed=config.seed + len(study.trials))
-  if not study.trials:  # start from the usual composites
-    for params in _usual_params(config.space, vit):
-      study.enqueue_trial(params)
-  # A trial cut by a kill is retried: mark it failed and queue its params.
-  for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(trial.params)
+                                sampler=sampler, direction='maximize')
+  except optuna.exceptions.DuplicatedStudyError:
+    study = optuna.load_study(study_name=STUDY, storage=storage,
+                              sampler=sampler)
+    theirs = study.user_attrs.get('config')
+    if theirs is not None and theirs != recorded:
+      theirs, ours = json.loads(theirs), json.loads(recorded)
+      changed = sorted(k for k in set(theirs) | set(ours)
+                       if theirs.get(k) != ours.get(k))
+      raise ValueError(
+          f'the study {STUDY!r} in the storage {config.storage!r} is a search '
+          f'of a different config (differs in: {", ".join(changed)}); every '
+          'worker of a study runs the same config. Use the same config, or '
+          'another journal file or database for a new search.') from None
+  else:
+    study.set_user_attr('config', recorded)
+    for params in _usual_params(config.space, vit):  # the start
+      study.enqueue_trial(params, skip_if_exists=True)
   return study
+
+
+# Fields that may differ between the workers of one study (machines differ).
+_PER_WORKER = ('data_dir', 'storage', 'tensorboard', 'mesh', 'batch_size',
+               'eval_batch_size', 'remat', 'cache_eval', 'faithfulness',
+               'perturbation', 'random_seeds', 'test_split')
+
+
+def _shared_config(config) -> dict[str, Any]:
+  full = json.loads(config.to_json_best_effort(sort_keys=True))
+  return {k: v for k, v in full.items() if k not in _PER_WORKER}
+
+
+def _storage(spec: str, workdir: pathlib.Path):
+  """The optuna storage of ``config.storage``: ``''`` SQLite in the workdir,
+  ``'journal'`` the journal file ``workdir/study.journal``,
+  ``'journal:PATH'`` a journal file elsewhere, else an SQLAlchemy URL
+  (``postgresql://user@host:port/db``). Every storage has the heartbeat."""
+  if spec == 'journal' or spec.startswith('journal:'):
+    path = (workdir / 'study.journal' if spec == 'journal' else
+            pathlib.Path(spec[len('journal:'):]).expanduser().resolve())
+    if spec != 'journal' and (not spec[len('journal:'):] or path.is_dir()):
+      raise ValueError(f"storage {spec!r}: 'journal:PATH' names a file, e.g. "
+                       "'journal:/shared/search/study.journal'")
+    if not path.parent.is_dir():
+      raise ValueError(f'storage {spec!r}: the folder {path.parent} does not '
+                       'exist; create it (on a file system every worker '
+                       'sees) or name another journal file')
+    return _Journal(optuna.storages.journal.JournalFileBackend(str(path)))
+  if spec and '://' not in spec:
+    raise ValueError(
+        f"unknown storage {spec!r}; use '' (SQLite in the workdir, one "
+        "worker), 'journal' (a journal file in the workdir: several workers "
+        "on one machine), 'journal:PATH' (a journal file on a shared file "
+        'system) or an SQLAlchemy URL such as '
+        'postgresql://user@host:5432/db or mysql+pymysql://user@host/db')
+  url = spec or f'sqlite:///{workdir / "study.db"}'
+  try:
+    parsed = sqlalchemy.engine.make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    parsed.get_dialect()  # an unknown database is an error here
+  except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
+          ValueError) as error:
+    raise ValueError(f'storage {spec!r} is not an SQLAlchemy URL that names '
+                     f'a known database ({error}); e.g. '
+                     'postgresql://user@host:5432/db') from None
+  except ImportError as error:
+    raise ImportError(_driver_hint(shown, parsed.get_backend_name(), error)
+                      ) from error
+  if parsed.drivername == 'postgresql':  # no driver named: the installed one
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if (importlib.util.find_spec('psycopg') is None and
+        importlib.util.find_spec('psycopg2') is not None):
+      url = parsed.set(drivername='postgresql+psycopg2').render_as_string(
+          hide_password=False)
+  engine_kwargs = {}
+  if parsed.get_backend_name() != 'sqlite':  # servers: fail fast, reconnect
+    engine_kwargs = {'pool_pre_ping': True,
+                     'connect_args': {'connect_timeout': 10}}
+  for attempt in range(3):
+    try:
+      with warnings.catch_warnings():  # the heartbeat is experimental
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry())
+    except ImportError as error:
+      raise ImportError(_driver_hint(shown, parsed.get_backend_name(),
+                                     error)) from error
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+      if attempt == 2:  # workers starting together create the tables once
+        raise
+      time.sleep(1.0)
+    except Exception as error:  # pylint: disable=broad-except
+      raise ConnectionError(
+          f'cannot open the optuna storage {shown!r}: {error}\nCheck that '
+          f'the database server runs and is reachable from this machine at '
+          f'{parsed.host or "localhost"}:{parsed.port or "(default port)"}, '
+          f'that the database {parsed.database!r} exists and that the user '
+          f'{parsed.username!r} may connect to it.') from error
+
+
+def _driver_hint(shown: str, backend: str, error) -> str:
+  fix = {'postgresql': "pip install 'pxp_jax[postgres]' (psycopg2-binary)",
+         'mysql': 'pip install pymysql and write mysql+pymysql://...'}
+  return (f'the storage {shown!r} needs a database driver that is not '
+          f'installed ({error.__cause__ or error}): '
+          f'{fix.get(backend, "install the driver SQLAlchemy names")}')
+
+
+def _retry():
+  with warnings.catch_warnings():  # experimental in optuna
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=MAX_RETRY)
+
+
+class _Journal(optuna.storages.JournalStorage, BaseHeartbeat):
+  """optuna's journal storage with the heartbeat of its RDB storage: a
+  running trial records the time (a system attribute) every
+  ``HEARTBEAT_S``; one silent for ``GRACE_S`` is stale. Workers on several
+  machines need clocks that agree well within ``GRACE_S`` (NTP)."""
+
+  def record_heartbeat(self, trial_id: int) -> None:
+    try:
+      self.set_trial_system_attr(trial_id, 'heartbeat', time.time())
+    except optuna.exceptions.UpdateFinishedTrialError:
+      pass  # another worker took this trial as dead
+
+  def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    now = time.time()
+    return [t._trial_id for t in self.get_all_trials(  # pylint: disable=protected-access
+        study_id, deepcopy=False, states=(_RUNNING,))
+            if now - t.system_attrs.get('heartbeat', now) > GRACE_S]
+
+  def get_heartbeat_interval(self) -> int:
+    return HEARTBEAT_S
+
+  def get_heartbeat_stale_trial_callback(self):
+    return _retry()
+
+
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+  """The sampler ``make(seed=seed + n)``, made anew for each trial n: two
+  workers asking together never share a seed, a resumed or extended search
+  draws new parameters, and trial n's draw depends only on the trials before
+  it (no random state carried over in a worker)."""
+
+  def __init__(self, make, seed: int):
+    self._make, self._seed = make, seed
+    self._sampler = make(seed=seed)
+
+  def before_trial(self, study, trial):
+    self._sampler = self._make(seed=self._seed + trial.number)
+    self._sampler.before_trial(study, trial)
+
+  def infer_relative_search_space(self, study, trial):
+    return self._sampler.infer_relative_search_space(study, trial)
+
+  def sample_relative(self, study, trial, search_space):
+    return self._sampler.sample_relative(study, trial, search_space)
+
+  def sample_independent(self, study, trial, param_name, distribution):
+    return self._sampler.sample_independent(study, trial, param_name,
+                                            distribution)
+
+  def after_trial(self, study, trial, state, values):
+    self._sampler.after_trial(study, trial, state, values)
+
+  def reseed_rng(self):
+    self._sampler.reseed_rng()
+
+
+def _surplus(study, trial, n_trials: int) -> bool:
+  """Whether ``n_trials`` waiting, running or complete trials precede
+  ``trial`` (by number): two workers that started the last place together
+  leave it to the lower number. Numbers only grow, so a trial that holds a
+  place keeps it."""
+  active = study.get_trials(deepcopy=False,
+                            states=(_WAITING, _RUNNING, _COMPLETE))
+  return sum(t.number < trial.number for t in active) >= n_trials
+
+
+def _fail_orphans(study) -> None:
+  """Fails and queues again the running trials that no worker claimed (no
+  ``worker`` attribute, which a worker sets as a trial starts) for
+  ``GRACE_S``: trials asked by hand, or by an older version, then killed."""
+  now = datetime.datetime.now()
+  for t in study.get_trials(deepcopy=False, states=(_RUNNING,)):
+    if ('worker' in t.user_attrs or t.datetime_start is None or
+        (now - t.datetime_start).total_seconds() < GRACE_S):
+      continue
+    try:
+      study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    except (RuntimeError, ValueError):  # another worker was first
+      continue
+    _retry()(study, next(x for x in study.get_trials(deepcopy=False)
+                         if x.number == t.number))
+
+
+def _run(study, objective, n_trials: int, deadline: float,
+         callbacks) -> None:
+  """Runs trials until the study has ``n_trials`` complete ones, counted
+  over all workers, or until ``deadline``: a trial starts while the first
+  ``n_trials`` places (waiting, running and complete trials by number) are
+  not all taken, or one of them waits; else the worker waits for the others'
+  running trials, failing (and so retrying) any whose heartbeat stops."""
+  said = False
+  while time.time() < deadline:
+    _fail_orphans(study)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      optuna.storages.fail_stale_trials(study)
+    active = study.get_trials(deepcopy=False,
+                              states=(_WAITING, _RUNNING, _COMPLETE))
+    places = sorted(active, key=lambda t: t.number)[:n_trials]
+    if sum(t.state == _COMPLETE for t in active) >= n_trials:
+      return
+    if len(places) < n_trials or any(t.state == _WAITING for t in places):
+      try:
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
+      except optuna.exceptions.UpdateFinishedTrialError as error:
+        print(f'a trial of this worker was taken as dead and retried by '
+              f'another worker ({error}); going on', flush=True)
+    else:
+      if not said:
+        print('waiting for the last trials, running in other workers',
+              flush=True)
+        said = True
+      time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def _locked(workdir: pathlib.Path):
+  """The workdir's lock (``workdir/.lock``), held by one process at a time."""
+  with open(workdir / '.lock', 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _complete_rows(path: pathlib.Path) -> int:
+  if not path.exists():
+    return -1
+  with open(path, newline='') as f:
+    return sum(r['state'] == 'COMPLETE' for r in csv.DictReader(f))
+
+
+def _publish(staging: pathlib.Path, workdir: pathlib.Path) -> None:
+  """Moves the outputs in ``staging`` into ``workdir``, each file by one
+  rename (whole files only), under the workdir's lock, unless the workdir
+  holds the outputs of more complete trials (a worker that stopped earlier
+  never replaces a later view)."""
+  with _locked(workdir):
+    if (_complete_rows(staging / 'trials.csv') >=
+        _complete_rows(workdir / 'trials.csv')):
+      for path in sorted(staging.iterdir()):
+        os.replace(path, workdir / path.name)
+  shutil.rmtree(staging, ignore_errors=True)
 
 
 def _usual_params(space, vit: bool) -> list[dict[str, Any]]:
@@ -360,12 +664,13 @@ def _write_trials(path, study, objective: str):
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['number', 'state', objective, 'seconds', 'compiles',
-                     *names])
+                     'worker', *names])
     for t in trials:
       seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
                  if t.datetime_complete and t.datetime_start else '')
       writer.writerow([t.number, t.state.name, t.value, seconds,
                        t.user_attrs.get('compiles', ''),
+                       t.user_attrs.get('worker', ''),
                        *[t.params.get(k, '') for k in names]])
 
 
