@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pxp_jax import models
+from pxp_jax import distribute, models
 
 RECIPE = 'model.json'
 VARIABLES = 'variables'
@@ -74,7 +74,8 @@ def save(path: str | os.PathLike, model_name: str, variables: Any, *,
     ckptr.save(path / VARIABLES, jax.tree.map(np.asarray, variables))
   recipe = dict(model=model_name, num_classes=num_classes,
                 overrides=dict(overrides or {}), **metadata)
-  (path / RECIPE).write_text(json.dumps(recipe, indent=2) + '\n')
+  if distribute.is_primary():
+    (path / RECIPE).write_text(json.dumps(recipe, indent=2) + '\n')
   return path
 
 

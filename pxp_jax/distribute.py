@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -102,8 +102,17 @@ def replicate(tree, mesh: Mesh):
   """``tree``'s arrays placed on every device of ``mesh`` (the same values
   on every process)."""
   sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding)
-                      if not _on(x, sharding) else x, tree)
+
+  def put(x):
+    if _on(x, sharding):
+      return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
+
+  return jax.tree.map(put, tree)
 
 
 def _on(x, sharding) -> bool:
@@ -127,6 +136,31 @@ def process_rows(global_size: int) -> slice:
   return slice(index * part, (index + 1) * part)
 
 
+def local_batch(global_size: int, mesh: Mesh) -> int:
+  """This process's examples of a global batch of ``global_size``: an equal
+  part, rounded up to a multiple of its devices on the data axis."""
+  share = batch_multiple(mesh) // jax.process_count()
+  part = -(-global_size // jax.process_count())
+  return -(-part // share) * share
+
+
+def process_part(source):
+  """This process's contiguous part of a random-access data source (all of
+  it on one process): the examples it reads."""
+  if jax.process_count() == 1:
+    return source
+  from pxp_jax import data  # pylint: disable=import-outside-toplevel
+  parts = np.array_split(np.arange(len(source)), jax.process_count())
+  return data.Subset(source, parts[jax.process_index()])
+
+
+def batch_count(examples: int, local_size: int) -> int:
+  """Batches of ``local_size`` every process runs over ``examples`` split
+  into ``process_part``s (the largest part's count)."""
+  largest = -(-examples // jax.process_count())
+  return -(-largest // local_size)
+
+
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh,
                  global_size: int) -> dict[str, jax.Array]:
   """Global arrays of ``global_size`` rows, split over the data axis, from
@@ -137,20 +171,50 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh,
           for k, v in local.items()}
 
 
+def global_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh,
+                   n_batches: int | None = None,
+                   batch_size: int | None = None
+                   ) -> Iterator[dict[str, jax.Array]]:
+  """Global ``{'image', 'label'}`` batches split over the data axis, from
+  this process's ``batches``, each padded to ``batch_size`` rows per process
+  (default: the first batch's, rounded up to the process's devices; zero
+  images, label -1: never a class). On several processes every process
+  passes the same ``n_batches`` and ``batch_size``; one out of batches
+  contributes padding."""
+  share = batch_multiple(mesh) // jax.process_count()
+  batches = iter(batches)
+  done, empty = 0, None
+  while n_batches is None or done < n_batches:
+    batch = next(batches, None)
+    if batch is None and n_batches is None:
+      return
+    if batch is None:  # this process is out of data: padding only
+      if empty is None:
+        raise ValueError('this process has no examples to evaluate: use '
+                         'fewer processes than examples')
+      batch = empty
+    image, label = np.asarray(batch['image']), np.asarray(batch['label'])
+    if batch_size is None:
+      batch_size = -(-len(label) // share) * share
+    if len(label) > batch_size:
+      raise ValueError(f'a batch of {len(label)} exceeds batch_size '
+                       f'{batch_size}')
+    empty = dict(image=image[:0], label=label[:0])
+    missing = batch_size - len(label)
+    padded = dict(
+        image=np.concatenate([image, np.zeros((missing, *image.shape[1:]),
+                                              image.dtype)]),
+        label=np.concatenate([label, np.full(missing, -1, label.dtype)]))
+    yield global_batch(padded, mesh, batch_size * jax.process_count())
+    done += 1
+
+
 def to_host(x) -> np.ndarray:
   """A global array's value on every process."""
   if (isinstance(x, jax.Array) and not x.is_fully_addressable
       and not x.is_fully_replicated):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
-
-
-def process_sum(value):
-  """``value`` (a number or array of this process) summed over processes."""
-  if jax.process_count() == 1:
-    return value
-  return np.asarray(multihost_utils.process_allgather(
-      np.asarray(value))).sum(0)
 
 
 def is_primary() -> bool:

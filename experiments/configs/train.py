@@ -40,6 +40,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       preprocess=DIGITS_PREPROCESS, seed=0, eval_batch_size=256,
       augment_shift=2, label_smoothing=0.0,
       tensorboard=True,  # clu metric writers in workdir/tensorboard
+      mesh=dict(data=-1, rows=1),  # data-parallel over every device
       **RECIPES[name]))
   if options.runlocal:
     config.num_epochs = 2

@@ -128,11 +128,13 @@ def _fine_tune_all(config, task, masks, rates, results, log):
     row = {k: v[r] for k, v in masks[name][0].items()}
     tuned = finetune.fine_tune(
         task.model, task.variables, row,
-        data.batches(task.split(config.reference_split), task.preprocess,
-                     config.fine_tune_batch, shuffle=True, seed=config.seed,
-                     drop_remainder=True, classes=task.classes,
-                     num_epochs=None),
-        steps=config.fine_tune_steps, learning_rate=config.fine_tune_lr)
+        data.batches(distribute.process_part(task.split(config.reference_split)),
+                     task.preprocess,
+                     task.local_batch(config.fine_tune_batch),
+                     shuffle=True, seed=config.seed, drop_remainder=True,
+                     classes=task.classes, num_epochs=None),
+        steps=config.fine_tune_steps, learning_rate=config.fine_tune_lr,
+        mesh=task.device_mesh)
     before = (summary['accuracy_per_seed'][0][r]
               if 'accuracy_per_seed' in summary else summary['accuracy'][r])
     after = task.accuracy({name: {k: v[None] for k, v in row.items()}},

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
-import jax
 import numpy as np
 
 from pxp_jax import checkpoints, composites, data, distribute, structure
@@ -171,8 +170,8 @@ class Task:
     several processes each reads an equal contiguous part, in batches of
     ``eval_batch_size`` / processes): streamed, or held in memory when
     ``cached`` (what a search re-reads every trial)."""
-    source = self._process_part(self.source(split))
-    step = self._eval_batch()
+    source = distribute.process_part(self.source(split))
+    step = self.local_batch(self.eval_batch_size)
     if not cached:
       return data.batches(source, self.preprocess, step)
     if split not in self._arrays:
@@ -182,22 +181,9 @@ class Task:
                              for i in range(0, len(labels), step)]
     return self._arrays[split]
 
-  def _eval_batch(self) -> int:
-    """Evaluation examples per batch and process."""
-    return -(-self.eval_batch_size // jax.process_count())
-
-  def _eval_batch_count(self, split: str) -> int:
-    """Batches every process runs over ``split`` (the largest part's)."""
-    largest = -(-len(self.source(split)) // jax.process_count())
-    return -(-largest // self._eval_batch())
-
-  @staticmethod
-  def _process_part(source):
-    """This process's contiguous part of ``source`` (all of it on one)."""
-    if jax.process_count() == 1:
-      return source
-    parts = np.array_split(np.arange(len(source)), jax.process_count())
-    return data.Subset(source, parts[jax.process_index()])
+  def local_batch(self, global_size: int) -> int:
+    """This process's examples of a global batch (``distribute``)."""
+    return distribute.local_batch(global_size, self.device_mesh)
 
   @property
   def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -240,11 +226,13 @@ class Task:
                 seed: int = 0, ig_steps: int = 20, ig_form: str = 'reference',
                 dynamic_rules: bool = False) -> criteria.Criterion:
     """Criterion ``name`` with the task's options (``seed`` is added to the
-    task's seed)."""
+    task's seed; LRP takes the task's ``precision`` and ``remat``, the
+    gradient criteria run in float32)."""
     options = {
         'lrp': dict(composite=composite, signed=signed,
                     absolute_tokens=self.absolute_tokens,
-                    dynamic_rules=dynamic_rules),
+                    dynamic_rules=dynamic_rules, precision=self.precision,
+                    remat=self.remat),
         'random': dict(seed=self.seed + seed),
         'integrated_gradients': dict(steps=ig_steps, form=ig_form),
     }.get(name, {})
@@ -267,15 +255,14 @@ class Task:
     """name -> accuracy of each row of ``masks[name]`` (unit key -> (rows,
     units)) on ``split``, all evaluated by one compiled program."""
     names = list(masks)
-    share = (distribute.batch_multiple(self.device_mesh)
-             // jax.process_count())  # the process's data devices
     accuracy = sweep.sweep_accuracy(
         self.model, self.variables if variables is None else variables,
         self.batches(split, cached=cached), metrics.stack(masks),
         self.num_classes,
         self.classes if self.other_classes == 'excluded' else None,
-        mesh=self.device_mesh, n_batches=self._eval_batch_count(split),
-        batch_size=-(-self._eval_batch() // share) * share)
+        mesh=self.device_mesh, n_batches=distribute.batch_count(
+            len(self.source(split)), self.local_batch(self.eval_batch_size)),
+        batch_size=self.local_batch(self.eval_batch_size))
     rows = [len(next(iter(masks[n].values()))) for n in names]
     starts = np.cumsum([0, *rows])
     return {n: accuracy[starts[i]:starts[i + 1]] for i, n in enumerate(names)}

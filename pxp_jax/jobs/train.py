@@ -11,6 +11,7 @@ The config is described in ``experiments/configs/train.py``.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import pathlib
 import time
@@ -23,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from pxp_jax import checkpoints, data, evaluate, models
+from pxp_jax import checkpoints, data, distribute, evaluate, models
 from pxp_jax.jobs import logs
 from pxp_jax.jobs import workdir as workdir_lib
 
@@ -112,7 +113,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_source = split(config.splits.train)
   model = models.create(config.model, config.num_classes,
                         **config.model_overrides)
-  steps_per_epoch = len(train_source) // config.batch_size
+  # Data-parallel over the mesh: each process reads its part of the data
+  # in its part of every global batch (``pxp_jax.distribute``).
+  mesh = distribute.make_mesh(config.get('mesh'))
+  local_batch = distribute.local_batch(config.batch_size, mesh)
+  own_part = distribute.process_part(train_source)
+  steps_per_epoch = (len(train_source) // jax.process_count()) // local_batch
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
                      f'{len(train_source)} training examples')
@@ -124,6 +130,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       apply_fn=model.apply, params=variables['params'],
       tx=_optimizer(config, steps_per_epoch),
       batch_stats=variables.get('batch_stats'))
+  state, step_key = distribute.replicate((state, step_key), mesh)
+  local_eval = distribute.local_batch(config.eval_batch_size, mesh)
+
+  def accuracy_on(variables, source):
+    """Top-1 accuracy on ``source``, its batches split over the mesh."""
+    return evaluate.accuracy(
+        model, variables,
+        data.batches(distribute.process_part(source), preprocess, local_eval),
+        mesh=mesh, n_batches=distribute.batch_count(len(source), local_eval),
+        batch_size=local_eval)
 
   manager = ocp.CheckpointManager(
       workdir / 'checkpoints',
@@ -133,28 +149,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     start_epoch = manager.latest_step()
     state = manager.restore(start_epoch,
                             args=ocp.args.StandardRestore(state))
-    print(f'resuming from epoch {start_epoch} in {workdir}', flush=True)
+    log(f'resuming from epoch {start_epoch} in {workdir}')
 
   val_source = split(config.splits.validation)
   for epoch in range(start_epoch, config.num_epochs):
     start = time.time()
     loss_sum = correct = seen = 0
-    for step, batch in enumerate(data.batches(
-        train_source, preprocess, config.batch_size, shuffle=True,
-        seed=config.seed + epoch, drop_remainder=True)):
+    for step, batch in enumerate(itertools.islice(data.batches(
+        own_part, preprocess, local_batch, shuffle=True,
+        seed=config.seed + epoch, drop_remainder=True), steps_per_epoch)):
       key = jax.random.fold_in(step_key, epoch * steps_per_epoch + step)
+      arrays = distribute.global_batch(batch, mesh,
+                                       local_batch * jax.process_count())
       state, loss, right = _train_step(
-          state, batch['image'], batch['label'], key,
+          state, arrays['image'], arrays['label'], key,
           config.augment_shift, config.label_smoothing)
-      loss_sum += float(loss) * len(batch['label'])
+      size = local_batch * jax.process_count()
+      loss_sum += float(loss) * size
       correct += int(right)
-      seen += len(batch['label'])
+      seen += size
     manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-    val_acc = evaluate.accuracy(model, _variables(state), data.batches(
-        val_source, preprocess, config.eval_batch_size))
-    print(f'epoch {epoch + 1}/{config.num_epochs}  loss {loss_sum / seen:.4f}'
+    val_acc = accuracy_on(_variables(state), val_source)
+    log(f'epoch {epoch + 1}/{config.num_epochs}  loss {loss_sum / seen:.4f}'
           f'  train acc {correct / seen:.4f}  val acc {val_acc:.4f}'
-          f'  ({time.time() - start:.1f}s)', flush=True)
+          f'  ({time.time() - start:.1f}s)')
     tb.write_scalars(epoch + 1, {'loss': loss_sum / seen,
                                  'train_accuracy': correct / seen,
                                  'validation_accuracy': val_acc})
@@ -163,11 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   manager.close()
 
   variables = _variables(state)
-  accuracy = {
-      name: evaluate.accuracy(model, variables, data.batches(
-          split(getattr(config.splits, name)), preprocess,
-          config.eval_batch_size))
-      for name in ('validation', 'test')}
+  accuracy = {name: accuracy_on(variables, split(getattr(config.splits, name)))
+              for name in ('validation', 'test')}
   results = dict(checkpoint=config.name, validation_accuracy=accuracy['validation'],
                  test_accuracy=accuracy['test'], epochs=config.num_epochs)
   export = workdir / 'export'
@@ -176,8 +191,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         export, config.model, variables, num_classes=config.num_classes,
         overrides=config.model_overrides.to_dict(), dataset=config.dataset,
         preprocess=config.preprocess.to_dict(), **results)
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  if distribute.is_primary():
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2)
+                                          + '\n')
   tb.write_scalars(config.num_epochs, {'test_accuracy': accuracy['test']})
   tb.close()
-  print(f'exported to {export}', flush=True)
+  log(f'exported to {export}')
   return results
+
+
+def log(message: str) -> None:
+  """A console line, from process 0."""
+  if distribute.is_primary():
+    print(message, flush=True)

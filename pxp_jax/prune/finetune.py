@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pxp_jax import structure
+from pxp_jax import distribute, structure
 from pxp_jax.prune import sweep
 
 
 def fine_tune(model, variables, masks: Mapping[str, jax.Array],
               batches: Iterator, *, steps: int, learning_rate: float = 1e-3,
-              weight_decay: float = 0.0):
+              weight_decay: float = 0.0, mesh=None):
   """Adam(W) on the cross-entropy of the masked model.
 
   Args:
@@ -30,6 +30,9 @@ def fine_tune(model, variables, masks: Mapping[str, jax.Array],
     batches: an endless iterator of ``{'image', 'label'}`` batches.
     steps: optimiser steps.
     learning_rate, weight_decay: AdamW settings.
+    mesh: data-parallel over this mesh's data axis (``pxp_jax.distribute``;
+      every batch is this process's part of the global batch, parameters
+      and optimiser state are replicated).
 
   Returns:
     The fine-tuned variables (use them with the same masks). One compiled
@@ -42,11 +45,18 @@ def fine_tune(model, variables, masks: Mapping[str, jax.Array],
   step = _step(model)
   frozen = {k: v for k, v in variables.items() if k != 'params'}
   masks = {k: jnp.asarray(v) for k, v in masks.items()}
+  if mesh is not None:
+    params, state, frozen, masks = distribute.replicate(
+        (params, state, frozen, masks), mesh)
   for _ in range(steps):
     batch = next(batches)
-    params, state, _ = step(params, frozen, state, masks,
-                            jnp.asarray(batch['image']),
-                            jnp.asarray(batch['label']))
+    if mesh is None:
+      images, labels = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+    else:
+      size = len(batch['label']) * jax.process_count()
+      arrays = distribute.global_batch(batch, mesh, size)
+      images, labels = arrays['image'], arrays['label']
+    params, state, _ = step(params, frozen, state, masks, images, labels)
   return {**variables, 'params': params}
 
 

@@ -122,43 +122,12 @@ def _sharded_accuracy(model, variables, batches, stacked, allowed, mesh, run,
                                               np.asarray(v).dtype)]),
       NamedSharding(mesh, P('rows'))) for k, v in stacked.items()}
   allowed = jax.device_put(allowed, NamedSharding(mesh, P()))
-  share = distribute.batch_multiple(mesh) // jax.process_count()
-  batches = iter(batches)
-  correct, total, done, empty = 0, 0, 0, None
-  while n_batches is None or done < n_batches:
-    batch = next(batches, None)
-    if batch is None and n_batches is None:
-      break
-    if batch is None:  # this process is out of data: padding only
-      if empty is None:
-        raise ValueError('this process has no examples to evaluate: use '
-                         'fewer processes than examples')
-      batch = empty
-    if batch_size is None:
-      batch_size = -(-len(batch['label']) // share) * share
-    empty = dict(image=np.asarray(batch['image'])[:0],
-                 label=np.asarray(batch['label'])[:0])
-    image, label = _padded(batch, batch_size)
-    total += int(np.sum(label >= 0))
-    arrays = distribute.global_batch(
-        dict(image=image, label=label), mesh,
-        batch_size * jax.process_count())
+  correct, total = 0, 0
+  for batch in distribute.global_batches(batches, mesh, n_batches,
+                                         batch_size):
     correct = correct + distribute.to_host(run(
-        variables, arrays['image'], arrays['label'], stacked, allowed))
-    done += 1
-  total = distribute.process_sum(total)
+        variables, batch['image'], batch['label'], stacked, allowed))
+    total += int(np.sum(distribute.to_host(batch['label']) >= 0))
   if total == 0:
     raise ValueError('no examples to evaluate')
   return (correct / total)[:rows]
-
-
-def _padded(batch, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """A batch's images and labels padded to ``size`` rows (zero images,
-  label -1, never correct)."""
-  image, label = np.asarray(batch['image']), np.asarray(batch['label'])
-  if len(label) > size:
-    raise ValueError(f'a batch of {len(label)} exceeds batch_size {size}')
-  missing = size - len(label)
-  return (np.concatenate([image, np.zeros((missing, *image.shape[1:]),
-                                          image.dtype)]),
-          np.concatenate([label, np.full(missing, -1, label.dtype)]))
