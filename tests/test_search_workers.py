@@ -85,6 +85,8 @@ def test_sampler_is_seeded_by_the_trial_number(tmp_path):
   assert draws(3)[1] == expected.suggest_float('x', 0.0, 1.0)
 
 
+@pytest.mark.filterwarnings('ignore::optuna.exceptions.ExperimentalWarning')
+@pytest.mark.filterwarnings('ignore:Heartbeat of storage:UserWarning')
 def test_dead_trials_are_retried_and_live_ones_kept(tmp_path, monkeypatch):
   """A running trial whose heartbeat stopped for GRACE_S is failed and
   queued again with its parameters; one with a fresh heartbeat is not."""
