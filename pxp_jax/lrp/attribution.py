@@ -9,6 +9,13 @@ tracked so that rules skip the products of negative inputs. Relevance is then
 one VJP: the cotangent at a tensor ``a`` carries ``R_a = a * cotangent``, and
 the cotangent of a probe is the relevance of its unit, summed over the
 positions it spans.
+
+``precision='bfloat16'`` runs that forward and backward pass in bfloat16
+(inputs and canonised variables cast inside the compiled program) while the
+units' relevance is formed and summed in float32; ``remat=True`` recomputes
+each block's activations in the backward pass (the model's ``remat``
+attribute: flax's ``nn.remat`` per ResNet block, VGG conv stage or ViT
+encoder block) instead of keeping them, for large batches on one device.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pxp_jax.lrp import composites, linear_rules
 from pxp_jax.models import kinds, spec as spec_lib
 
 INITS = ('one_hot', 'logit')
+PRECISIONS = ('float32', 'bfloat16')
 
 
 @flax.struct.dataclass
@@ -53,7 +61,8 @@ def attribute(model, variables, inputs, targets,
               composite: composites.Composite, *, masks=None,
               init: str = 'one_hot', absolute_tokens: bool = False,
               dynamic_rules: bool = False, input_relevance: bool = True,
-              check_finite: bool = True) -> Attribution:
+              check_finite: bool = True, precision: str | None = None,
+              remat: bool = False) -> Attribution:
   """LRP relevance of ``targets`` for a batch of inputs.
 
   Args:
@@ -85,6 +94,24 @@ def attribute(model, variables, inputs, targets,
       wanted (pruning).
     check_finite: raise if a relevance is NaN or infinite (skipped when called
       inside a transformation such as ``jit``, where values are abstract).
+    precision: the dtype of the relevance pass, ``PRECISIONS``: the inputs
+      and the (canonised) floating variables are cast to it inside the
+      compiled program, so the forward pass and the rules' backward pass
+      run in it; None (default) keeps the inputs' dtype. With
+      ``'bfloat16'`` the products and divisions of the rules run in
+      bfloat16 (LayerNorm, GELU's identity rule and the z+ softmax rules
+      in float32, as flax computes a LayerNorm's statistics), while each
+      unit's relevance ``a * cotangent`` at its site is formed and summed
+      over positions, tokens and queries in float32: ``units``, ``input``
+      and ``logits`` come back as float32. On the shipped models bfloat16
+      keeps the ranking of units (Spearman 0.99 or more against float32,
+      README "Precision and memory"); on CPU it is slower.
+    remat: recompute each block's activations during the backward pass
+      instead of keeping them (``jax.checkpoint`` per block, through the
+      model's ``remat`` attribute: ``pxp_jax.models``' ResNet, VGG and ViT
+      have one; for a model of your own, give it one that wraps its blocks
+      in ``nn.remat``). The same relevance with less memory for about one
+      more forward pass.
 
   Returns:
     An ``Attribution`` with ``logits``, ``input`` and ``units``.
@@ -98,6 +125,12 @@ def attribute(model, variables, inputs, targets,
   """
   if init not in INITS:
     raise ValueError(f'unknown init {init!r}; use one of {INITS}')
+  check_precision(precision, allow_none=True)
+  if remat and 'remat' not in getattr(model, '__dataclass_fields__', {}):
+    raise ValueError(
+        f'remat=True needs a model with a remat attribute (pxp_jax.models\' '
+        f'ResNet, VGG and ViT); {type(model).__name__} has none: give it one '
+        'that wraps its blocks in flax.linen.remat, or pass remat=False')
   inputs = jnp.asarray(inputs)
   targets = jnp.asarray(targets)
   _check_arguments(inputs, targets)
@@ -111,13 +144,14 @@ def attribute(model, variables, inputs, targets,
   result = _attribute(model, variables, inputs, targets, composite, masks,
                       init, jnp.asarray(absolute_tokens, bool),
                       None if dynamic_rules else fixed_rules(composite),
-                      input_relevance)
-  if not isinstance(targets, jax.core.Tracer):
+                      input_relevance, precision, bool(remat))
+  if not isinstance(targets, jax.core.Tracer) and _on_this_process(targets):
     num_classes = result.logits.shape[-1]
     if np.any((np.asarray(targets) < 0) | (np.asarray(targets) >= num_classes)):
       raise ValueError(f'targets must lie in [0, {num_classes}) for this '
                        f'model, got {np.asarray(targets).tolist()}')
-  if check_finite and not isinstance(result.logits, jax.core.Tracer):
+  if (check_finite and not isinstance(result.logits, jax.core.Tracer)
+      and _on_this_process(result.logits)):
     _raise_if_not_finite(result)
     if init == 'one_hot':
       target_logits = np.take_along_axis(np.asarray(result.logits),
@@ -128,6 +162,21 @@ def attribute(model, variables, inputs, targets,
             'gradient x input form (R = y * g): use init="logit", or check '
             'the model (an untrained zero-initialised head gives 0 logits)')
   return result
+
+
+def _on_this_process(x) -> bool:
+  """Whether this process can read ``x`` whole (not a batch split over
+  several processes' devices)."""
+  return x.is_fully_addressable or x.is_fully_replicated
+
+
+def check_precision(precision, allow_none: bool = False):
+  """A clear error unless ``precision`` is one of ``PRECISIONS`` (or None
+  where that means the inputs' dtype)."""
+  if (precision is None and allow_none) or precision in PRECISIONS:
+    return
+  raise ValueError(f'unknown precision {precision!r}; use one of '
+                   f'{PRECISIONS}' + (' or None' if allow_none else ''))
 
 
 def _check_arguments(inputs, targets):
@@ -173,27 +222,68 @@ def compiled_programs() -> int:
   return _attribute._cache_size()  # pylint: disable=protected-access
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'init', 'fixed',
-                                             'with_input'))
-def _attribute(model, variables, inputs, targets, composite, masks, init,
-               absolute_tokens, fixed, with_input):
+def _relevance_forward(model, variables, inputs, composite, masks, fixed,
+                       precision, remat):
+  """The forward pass whose VJP is the relevance: ``forward(inputs, probes,
+  input_probe)`` -> logits, with its arguments, and the structure, units
+  and accumulation dtype."""
   found = structure.trace(model, variables, inputs.shape, inputs.dtype)
   plan = composite.plan(found, spec_lib.spec_for(model))
-  canonical = composite.canonize(variables, found)
+  canonical = composite.canonize(variables, found)  # folded in full precision
+  if precision is not None:
+    canonical = _cast(canonical, precision)
+    inputs = inputs.astype(precision)
+  # Unit relevance is formed and summed in this dtype (at least float32).
+  accumulate = jnp.promote_types(inputs.dtype, jnp.float32)
   units = found.units()
-  probes = {key: jnp.ones(_probe_shape(found, unit), inputs.dtype)
+  probes = {key: jnp.ones(_probe_shape(found, unit), accumulate)
             for key, unit in units.items()}
   input_probe = jnp.zeros_like(inputs)
+  facts = _call_facts(model, canonical, inputs)
+  applied = model.clone(remat=True) if remat else model
 
   def forward(inputs, probes, input_probe):
-    signs = _Signs()
-    context = _Context(plan, composite, fixed, signs, inputs, input_probe)
+    context = _Context(plan, composite, fixed, facts, input_probe)
     at_sites = {units[key].site: probes[key] * (
-        units[key].broadcast(masks[key].astype(inputs.dtype))
+        units[key].broadcast(masks[key].astype(accumulate))
         if masks is not None and key in masks else 1) for key in probes}
-    return taps.apply(model, canonical, inputs, taps=[
-        signs.tap, taps.scale(at_sites), context.tap])
+    return taps.apply(applied, canonical, inputs, taps=[
+        _probe_tap(at_sites), context.tap])
 
+  return forward, (inputs, probes, input_probe), found, units, accumulate
+
+
+def residual_bytes(model, variables, inputs, composite, *,
+                   precision: str | None = None, remat: bool = False) -> int:
+  """Bytes of the arrays the relevance pass keeps from its forward pass for
+  its backward pass (the leaves of its ``jax.vjp`` function; arguments
+  included): with ``remat`` the blocks' inputs instead of every layer's
+  operands. A property of the program on any backend, traced only
+  (``inputs`` and ``variables`` may be ``jax.ShapeDtypeStruct``s). XLA's
+  compiled temporary memory follows it where XLA keeps the recomputation
+  (GPU, TPU); XLA on CPU does not (``benchmarks/README.md``)."""
+  check_precision(precision, allow_none=True)
+  sizes = []
+
+  def measure(variables, inputs):
+    forward, args, *_ = _relevance_forward(
+        model, variables, inputs, composite, None, fixed_rules(composite),
+        precision, remat)
+    _, backward = jax.vjp(forward, *args)  # a pytree of its residuals
+    sizes.extend(a.size * a.dtype.itemsize for a in jax.tree.leaves(backward))
+
+  jax.eval_shape(measure, variables, inputs)
+  return int(sum(sizes))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'init', 'fixed',
+                                             'with_input', 'precision',
+                                             'remat'))
+def _attribute(model, variables, inputs, targets, composite, masks, init,
+               absolute_tokens, fixed, with_input, precision, remat):
+  forward, (inputs, probes, input_probe), found, units, accumulate = (
+      _relevance_forward(model, variables, inputs, composite, masks, fixed,
+                         precision, remat))
   if with_input:
     logits, vjp = jax.vjp(forward, inputs, probes, input_probe)
   else:  # no cotangent for the inputs: their backward pass is not built
@@ -212,9 +302,10 @@ def _attribute(model, variables, inputs, targets, composite, masks, init,
   if not with_input:
     input_relevance = None
   elif found.first_linear is not None:
-    input_relevance = grad_input_probe
+    input_relevance = grad_input_probe.astype(accumulate)
   else:
-    input_relevance = inputs * grad_inputs
+    input_relevance = (inputs.astype(accumulate)
+                       * grad_inputs.astype(accumulate))
   out = {}
   for key, g in grad_probes.items():
     unit = units[key]
@@ -227,7 +318,78 @@ def _attribute(model, variables, inputs, targets, composite, masks, init,
     if masks is not None and key in masks:
       g = g * masks[key]
     out[key] = g
-  return Attribution(logits=logits, input=input_relevance, units=out)
+  return Attribution(logits=logits.astype(accumulate), input=input_relevance,
+                     units=out)
+
+
+def _cast(variables, dtype):
+  """The floating leaves of ``variables`` as ``dtype``."""
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+      else a, variables)
+
+
+def _probe_tap(factors: Mapping[str, jax.Array]):
+  """``taps.scale`` for the unit probes: each site's output times its probe
+  (ones, times the mask), whose cotangent, the units' relevance, is
+  formed and summed in the probe's dtype (``_probed``)."""
+
+  def tap(call, proceed):
+    out = proceed()
+    factor = factors.get(call.path)
+    return out if factor is None else _probed(out, factor)
+  return tap
+
+
+@jax.custom_vjp
+def _probed(out, factor):
+  """``out * factor``, ``factor`` broadcast against ``out`` and cast to its
+  dtype; the cotangent of ``factor`` is ``sum out * g`` over the broadcast
+  axes computed in ``factor``'s dtype (float32 accumulation of a bfloat16
+  pass), that of ``out`` is ``g * factor``."""
+  return out * factor.astype(out.dtype)
+
+
+def _probed_fwd(out, factor):
+  return _probed(out, factor), (out, factor)
+
+
+def _probed_bwd(residuals, g):
+  out, factor = residuals
+  relevance = out.astype(factor.dtype) * g.astype(factor.dtype)
+  lead = relevance.ndim - factor.ndim
+  axes = tuple(range(lead)) + tuple(
+      lead + i for i, n in enumerate(factor.shape)
+      if n == 1 and relevance.shape[lead + i] != 1)
+  summed = jnp.sum(relevance, axis=axes, keepdims=True)
+  return (g * factor.astype(g.dtype),
+          summed.reshape(summed.shape[lead:]))
+
+
+_probed.defvjp(_probed_fwd, _probed_bwd)
+
+
+def _call_facts(model, variables, inputs) -> dict[str, tuple[bool, bool]]:
+  """Module path -> (whether its first argument may be negative, whether it
+  is the model input), over every call of the path, from one abstract run
+  of ``model`` (no FLOPs). Known by path, these facts hold inside
+  rematerialised blocks too, whose arguments are new arrays."""
+  facts: dict[str, tuple[bool, bool]] = {}
+
+  def run(variables, x):
+    signs = _Signs()
+
+    def record(call, proceed):
+      first = call.args[0] if call.args else None
+      signed = first is None or not signs.non_negative(first)
+      seen = facts.get(call.path, (False, True))
+      facts[call.path] = (seen[0] or signed, seen[1] and first is x)
+      return proceed()
+    return taps.apply(model, variables, x, taps=[signs.tap, record])
+
+  abstract = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+  jax.eval_shape(run, jax.tree.map(abstract, variables), abstract(inputs))
+  return facts
 
 
 def _probe_shape(found, unit: structure.Unit) -> tuple[int, ...]:
@@ -265,24 +427,28 @@ class _Signs:
 
 @dataclasses.dataclass
 class _Context:
-  """What a rule may ask about its call (``LinearRule.apply``)."""
+  """What a rule may ask about its call (``LinearRule.apply``): ``signed``
+  (its input may be negative), ``takes_input(call)`` (its input is the
+  model input, whose relevance ``input_probe``'s cotangent carries)."""
 
   plan: dict
   composite: composites.Composite
   fixed: tuple | None
-  signs: _Signs
-  inputs: jax.Array
+  facts: Mapping[str, tuple[bool, bool]]
   input_probe: jax.Array
   signed: bool = True
   fixed_rule: int | None = None
+
+  def takes_input(self, call) -> bool:
+    return self.facts.get(call.path, (True, False))[1]
 
   def tap(self, call, proceed):
     entry = self.plan.get(call.path)
     if entry is None:  # a container: its operations are tapped
       return proceed()
-    self.signed = not (call.args and self.signs.non_negative(call.args[0]))
+    self.signed = self.facts.get(call.path, (True, False))[0]
     self.fixed_rule = None if self.fixed is None else self.fixed[entry]
-    if (self.fixed_rule is not None and call.args[0] is not self.inputs
+    if (self.fixed_rule is not None and not self.takes_input(call)
         and linear_rules.definition(self.fixed_rule).input_space):
       raise ValueError(
           f'{call.path} takes the input-space rule '

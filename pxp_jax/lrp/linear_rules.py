@@ -198,7 +198,8 @@ def _keep(rule, dtype):
 @_register('epsilon', ('eps', 'zero_bias'), searchable=True)
 def _epsilon(layer, kernel, bias, rule, relevance):
   x, y = layer.x, layer.y
-  z = y - bias + _keep(rule, x.dtype) * bias
+  # y itself when the bias is kept: no rounding of y - b + b (bfloat16)
+  z = y - (1 - _keep(rule, x.dtype)) * bias
   s = relevance / stabilize(z, rule.eps)
   return layer.as_relevance(layer.back([kernel], [s]))
 

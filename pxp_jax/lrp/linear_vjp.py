@@ -153,7 +153,7 @@ def apply_to_module(call, rule: LinearRule, context):
   module, x = call.module, call.args[0]
   kernel = call.params['kernel']
   bias = call.params.get('bias')
-  probe = context.input_probe if call.args[0] is context.inputs else None
+  probe = context.input_probe if context.takes_input(call) else None
   if isinstance(module, nn.DenseGeneral):
     axes = sorted(a % x.ndim for a in
                   (module.axis if isinstance(module.axis, tuple)

@@ -175,9 +175,17 @@ def norm(op: Callable, xs: tuple, eps):
   return f(tuple(xs), jnp.asarray(eps))
 
 
+def _wide(dtype):
+  """The dtype a rule's ratios are computed in: float32 for bfloat16 and
+  float16 passes (their rounding of ``fn(x) / x`` near 0 is coarse),
+  else ``dtype``."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def identity(fn: Callable, x, eps):
   """``fn(x)`` for an elementwise ``fn`` (GELU, SiLU) with the identity rule
-  ``R_x = R_y`` (AttnLRP, Prop. 3.2): the cotangent is ``g * fn(x) / stab(x)``."""
+  ``R_x = R_y`` (AttnLRP, Prop. 3.2): the cotangent is ``g * fn(x) / stab(x)``,
+  computed in float32 or wider."""
 
   @jax.custom_vjp
   def f(x, eps):
@@ -189,7 +197,10 @@ def identity(fn: Callable, x, eps):
 
   def bwd(res, g):
     x, eps, y = res
-    return g * y / stabilize(x, eps.astype(x.dtype)), jnp.zeros_like(eps)
+    wide = _wide(x.dtype)
+    cotangent = (g.astype(wide) * y.astype(wide)
+                 / stabilize(x.astype(wide), eps.astype(wide)))
+    return cotangent.astype(x.dtype), jnp.zeros_like(eps)
 
   f.defvjp(fwd, bwd)
   return f(x, jnp.asarray(eps))
@@ -198,32 +209,48 @@ def identity(fn: Callable, x, eps):
 def layer_norm(x, scale, bias, *, epsilon: float, eps):
   """LayerNorm over the last axis with AttnLRP's rule: the identity rule on
   the division by the standard deviation (Prop. 3.4) and Epsilon on the rest,
-  i.e. Epsilon on the layer with ``1/std`` held constant (as LXT does)."""
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  inv = jax.lax.stop_gradient(jax.lax.rsqrt(
-      jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + epsilon))
+  i.e. Epsilon on the layer with ``1/std`` held constant (as LXT does).
+  Computed in float32 or wider, forward and backward, and returned in
+  ``x``'s dtype (flax's LayerNorm likewise normalises a bfloat16 input in
+  float32: the centring cancels). Every array the rule reads is an argument
+  of its VJP, none closed over, so that it also runs inside ``jax.checkpoint``
+  (rematerialised blocks)."""
+  wide = _wide(x.dtype)
+  width = x.shape[-1]
+  scale = jnp.ones(width, wide) if scale is None else scale.astype(wide)
+  bias = jnp.zeros(width, wide) if bias is None else bias.astype(wide)
 
-  def affine(a):
-    out = (a - jnp.mean(a, axis=-1, keepdims=True)) * inv
-    if scale is not None:
-      out = out * scale
-    return out + (0 if bias is None else bias)
+  def affine(a, inv, scale, bias):
+    return (a - jnp.mean(a, axis=-1, keepdims=True)) * inv * scale + bias
+
+  def inverse_std(a):
+    centred = a - jnp.mean(a, axis=-1, keepdims=True)
+    return jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1,
+                                  keepdims=True) + epsilon)
+
+  def forward(x, scale, bias):
+    xw = x.astype(wide)
+    return affine(xw, inverse_std(xw), scale, bias)
 
   @jax.custom_vjp
-  def f(x, eps):
-    return affine(x)
+  def f(x, scale, bias, eps):
+    return forward(x, scale, bias).astype(x.dtype)
 
-  def fwd(x, eps):
-    y = affine(x)
-    return y, (x, eps, y)
+  def fwd(x, scale, bias, eps):
+    y = forward(x, scale, bias)
+    return y.astype(x.dtype), (x, scale, bias, eps, y)
 
   def bwd(res, g):
-    x, eps, y = res
-    _, vjp = jax.vjp(affine, x)
-    return vjp(y * g / stabilize(y, eps.astype(y.dtype)))[0], jnp.zeros_like(eps)
+    x, scale, bias, eps, y = res
+    xw = x.astype(wide)
+    inv = inverse_std(xw)  # held constant: the identity rule
+    _, vjp = jax.vjp(lambda a: affine(a, inv, scale, bias), xw)
+    s = y * g.astype(wide) / stabilize(y, eps.astype(wide))
+    return (vjp(s)[0].astype(x.dtype), jnp.zeros_like(scale),
+            jnp.zeros_like(bias), jnp.zeros_like(eps))
 
   f.defvjp(fwd, bwd)
-  return f(x, jnp.asarray(eps))
+  return f(x, scale, bias, jnp.asarray(eps))
 
 
 def matmul_half(a, b, eps):

@@ -74,18 +74,23 @@ class Bottleneck(nn.Module):
 
 
 class Stage(nn.Module):
-  """``layerK``: blocks named ``0, 1, ...``; the first one may stride."""
+  """``layerK``: blocks named ``0, 1, ...``; the first one may stride;
+  ``remat``: each block under ``nn.remat``."""
 
   block: Any
   planes: int
   num_blocks: int
   stride: int
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    # (self, x, train): train is a Python bool
+    block = (nn.remat(self.block, static_argnums=(2,)) if self.remat
+             else self.block)
     for i in range(self.num_blocks):
-      x = self.block(self.planes, self.stride if i == 0 else 1,
-                     name=str(i))(x, train)
+      x = block(self.planes, self.stride if i == 0 else 1,
+                name=str(i))(x, train)
     return x
 
 
@@ -98,6 +103,10 @@ class ResNet(nn.Module):
     num_classes: outputs of ``fc``.
     width: multiplier of the stage widths 64, 128, 256, 512.
     small_input: 3x3 stride-1 stem and no max-pool, for 32x32 images.
+    remat: recompute each block's activations in the backward pass
+      (``nn.remat`` per block): less memory for gradients and relevance at
+      the cost of a second forward pass; the same parameters, paths and
+      values.
   """
 
   stage_sizes: Sequence[int]
@@ -105,6 +114,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   width: float = 1.0
   small_input: bool = False
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -119,7 +129,7 @@ class ResNet(nn.Module):
       x = layers.MaxPool(3, 2, 1, name='maxpool')(x)
     for i, size in enumerate(self.stage_sizes):
       x = Stage(self.block, base * 2**i, size, 1 if i == 0 else 2,
-                name=f'layer{i + 1}')(x, train)
+                self.remat, name=f'layer{i + 1}')(x, train)
     x = layers.GlobalAvgPool(name='avgpool')(x)
     return nn.Dense(self.num_classes, name='fc')(x)
 

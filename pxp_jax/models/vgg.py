@@ -27,27 +27,55 @@ CONFIGS = {
 
 
 class Features(nn.Module):
-  """The convolutional stack, layers named by their torchvision index."""
+  """The convolutional stack, layers named by their torchvision index;
+  ``remat``: each stage (its convs up to and with its max-pool) under
+  ``nn.remat``, the layers keeping their names."""
 
   config: Sequence[int | str]
   batch_norm: bool
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    index = 0
-    for v in self.config:
-      if v == 'M':
-        x = layers.MaxPool(2, 2, name=str(index))(x)
-        index += 1
-        continue
-      x = layers.conv(v, 3, 1, 1, name=str(index))(x)
-      index += 1
-      if self.batch_norm:
-        x = layers.batch_norm(train, str(index))(x)
-        index += 1
-      x = layers.ReLU(name=str(index))(x)
-      index += 1
+    # (module, x, widths, start, batch_norm, train): all but x are static
+    run = (nn.remat(_stage, static_argnums=(2, 3, 4, 5)) if self.remat
+           else _stage)
+    start = 0
+    for widths in _stages(tuple(self.config)):
+      x = run(self, x, widths, start, self.batch_norm, train)
+      start += sum(1 if v == 'M' else 3 if self.batch_norm else 2
+                   for v in widths)
     return x
+
+
+def _stages(config: tuple) -> list[tuple]:
+  """``config`` cut after each max-pool (VGG's blocks)."""
+  stages = [[]]
+  for v in config:
+    stages[-1].append(v)
+    if v == 'M':
+      stages.append([])
+  return [tuple(s) for s in stages if s]
+
+
+def _stage(module, x, widths, start: int, batch_norm: bool, train: bool):
+  """The layers ``widths`` of ``module``'s stack (conv, [BatchNorm,] ReLU
+  per width, a max-pool for 'M'), numbered from ``start``."""
+  del module  # the parent of the layers made here
+  index = start
+  for v in widths:
+    if v == 'M':
+      x = layers.MaxPool(2, 2, name=str(index))(x)
+      index += 1
+      continue
+    x = layers.conv(v, 3, 1, 1, name=str(index))(x)
+    index += 1
+    if batch_norm:
+      x = layers.batch_norm(train, str(index))(x)
+      index += 1
+    x = layers.ReLU(name=str(index))(x)
+    index += 1
+  return x
 
 
 class Classifier(nn.Module):
@@ -74,6 +102,10 @@ class VGG(nn.Module):
     num_classes: outputs of ``classifier.6``.
     hidden: width of the two hidden dense layers (4096 in torchvision).
     pool_size: output of the adaptive average pool (7x7 in torchvision).
+    remat: recompute each conv stage's activations in the backward pass
+      (``nn.remat`` per stage): less memory for gradients and relevance at
+      the cost of a second forward pass; the same parameters, paths and
+      values.
   """
 
   config: Sequence[int | str] = CONFIGS['vgg16']
@@ -81,11 +113,13 @@ class VGG(nn.Module):
   num_classes: int = 1000
   hidden: int = 4096
   pool_size: tuple[int, int] = (7, 7)
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     layers.check_images(x)
-    x = Features(tuple(self.config), self.batch_norm, name='features')(x, train)
+    x = Features(tuple(self.config), self.batch_norm, self.remat,
+                 name='features')(x, train)
     x = layers.AdaptiveAvgPool(tuple(self.pool_size), name='avgpool')(x)
     x = layers.Flatten(name='flatten')(x)
     return Classifier(self.hidden, self.num_classes, name='classifier')(x)

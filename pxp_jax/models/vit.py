@@ -80,17 +80,19 @@ class Block(nn.Module):
 
 
 class Blocks(nn.Module):
-  """``blocks.0 .. blocks.{depth-1}``."""
+  """``blocks.0 .. blocks.{depth-1}``; ``remat``: each under ``nn.remat``."""
 
   depth: int
   num_heads: int
   mlp_dim: int
   ln_eps: float
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x):
+    block = nn.remat(Block) if self.remat else Block
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_dim, self.ln_eps, name=str(i))(x)
+      x = block(self.num_heads, self.mlp_dim, self.ln_eps, name=str(i))(x)
     return x
 
 
@@ -120,6 +122,10 @@ class ViT(nn.Module):
     mlp_dim: hidden width of the MLP (4 x width in the standard sizes).
     num_classes: outputs of ``head``.
     ln_eps: LayerNorm epsilon (1e-6 in timm, torchvision and big_vision).
+    remat: recompute each block's activations in the backward pass
+      (``nn.remat`` per block): less memory for gradients and relevance at
+      the cost of a second forward pass; the same parameters, paths and
+      values.
   """
 
   image_size: int = 224
@@ -130,6 +136,7 @@ class ViT(nn.Module):
   mlp_dim: int = 3072
   num_classes: int = 1000
   ln_eps: float = 1e-6
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -145,7 +152,7 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)),
                          x], axis=1) + pos
     x = Blocks(self.depth, self.num_heads, self.mlp_dim, self.ln_eps,
-               name='blocks')(x)
+               self.remat, name='blocks')(x)
     x = nn.LayerNorm(self.ln_eps, name='norm')(x)
     return nn.Dense(self.num_classes, name='head',
                     kernel_init=nn.initializers.zeros)(x[:, 0])

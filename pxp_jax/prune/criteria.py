@@ -73,13 +73,23 @@ class LRP(Criterion):
   ``signed`` takes no absolute value anywhere: signed R summed over tokens
   and samples, so the most negative units are pruned first.
   ``dynamic_rules`` compiles one program for every choice of rules (a
-  search)."""
+  search). ``precision`` (``float32`` or ``bfloat16``) is the dtype of the
+  relevance passes, whose unit relevance is summed over positions, tokens
+  and samples in float32 or wider (``attribute``'s ``precision``);
+  ``remat`` recomputes each block's activations in the backward pass
+  (``attribute``'s ``remat``): the same scores with less memory. The
+  gradient criteria have neither option: they run in float32."""
 
   composite: Any
   signed: bool = False
   absolute_tokens: bool = True
   dynamic_rules: bool = False
+  precision: str = 'float32'
+  remat: bool = False
   name: ClassVar[str] = 'lrp'
+
+  def __post_init__(self):
+    attribute_lib.check_precision(self.precision)
 
   def score(self, model, variables, images, labels, units, *,
             batch_size=32, mesh=None):
@@ -88,7 +98,7 @@ class LRP(Criterion):
           model, variables, x, t, self.composite,
           absolute_tokens=self.absolute_tokens and not self.signed,
           dynamic_rules=self.dynamic_rules, input_relevance=False,
-          check_finite=False)
+          check_finite=False, precision=self.precision, remat=self.remat)
       return {k: result.units[k] for k in units}
     return _summed(per_batch, images, labels, units, batch_size, self.name,
                    per_sample=None if self.signed else np.abs, mesh=mesh)
