@@ -26,14 +26,22 @@ def define_config_and_workdir(default_config: str, help_text: str):
   return config, workdir
 
 
-def start(argv) -> None:
+def start(argv, processes: bool = True) -> None:
   """Rejects stray arguments, quiets library INFO logs (orbax logs every
   save) unless ``--verbosity`` was given, and joins the other processes of
-  a multi-process job (``pxp_jax.distribute.initialize``)."""
+  a multi-process job (``pxp_jax.distribute.initialize``); a binary
+  without ``processes`` runs as one process on its host's devices."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  if not processes:
+    if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value:
+      raise app.UsageError(
+          'this binary runs as one process per host: start one search '
+          'worker per host on a shared --config.storage instead of '
+          '--coordinator_address/--num_processes/--process_id')
+    return
   try:
     distribute.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                           _PROCESS_ID.value)

@@ -8,7 +8,9 @@ r"""Bayesian search over LRP composites for pruning (PXP revisited).
 on it: re-running with a larger number resumes and adds the rest, and
 several processes with --config.storage=journal (one machine) or
 --config.storage=postgresql://USER@HOST:PORT/DB (many machines) share the
-study and together complete --n_trials trials. Writes DIR/best_composite.json (usable as
+study and together complete --n_trials trials. A worker is one process
+on its host's devices (``--config.mesh``): to search on several hosts, start
+one worker per host on a shared storage rather than one multi-process job. Writes DIR/best_composite.json (usable as
 ``experiments.prune --config.composite_json=...``), trials.csv, history.png,
 importance.png, comparison.json and comparison.png.
 """
@@ -25,7 +27,7 @@ _TIMEOUT = flags.DEFINE_float('timeout', None, 'Stop after this many seconds.')
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, processes=False)
   draws.repeat(search.search, _CONFIG.value, _WORKDIR.value,
                stem='comparison', n_trials=_N_TRIALS.value,
                timeout=_TIMEOUT.value)
