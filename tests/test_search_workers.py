@@ -258,9 +258,15 @@ def _install_postgres():
     policy.chmod(0o755)
   try:
     env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
-    result = subprocess.run(
-        ['apt-get', 'install', '-y', '--no-install-recommends', 'postgresql'],
-        env=env, capture_output=True, text=True, timeout=600, check=False)
+    install = ['apt-get', 'install', '-y', '--no-install-recommends',
+               'postgresql']
+    result = subprocess.run(install, env=env, capture_output=True, text=True,
+                            timeout=600, check=False)
+    if result.returncode:  # a fresh machine may have no package lists yet
+      subprocess.run(['apt-get', 'update'], env=env, capture_output=True,
+                     timeout=600, check=False)
+      result = subprocess.run(install, env=env, capture_output=True,
+                              text=True, timeout=600, check=False)
     if result.returncode:
       return f'apt-get install postgresql failed: {result.stderr[-500:]}'
   finally:
