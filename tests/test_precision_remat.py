@@ -21,7 +21,7 @@ from pxp_jax.models import resnet
 from pxp_jax.prune import criteria
 
 # Measured (benchmarks/precision_rankings.py, README "Precision and
-# memory"): Spearman 0.99998 (resnet_digits filters), 0.99999 (vit_digits
+# memory"): Spearman 0.99996 (resnet_digits filters), 0.99996 (vit_digits
 # neurons), 1.0 (vit_digits heads). bfloat16 keeps 8 bits of mantissa, so
 # units whose scores differ by less than about 0.4% may swap; 0.999 allows
 # that and XLA's freedom in ordering sums, while a rule that turns to
