@@ -73,9 +73,11 @@ class LRP(Criterion):
   ``signed`` takes no absolute value anywhere: signed R summed over tokens
   and samples, so the most negative units are pruned first.
   ``dynamic_rules`` compiles one program for every choice of rules (a
-  search). ``precision`` (``float32`` or ``bfloat16``) is the dtype of the
-  relevance passes, whose unit relevance is summed over positions, tokens
-  and samples in float32 or wider (``attribute``'s ``precision``);
+  search). ``precision`` is the dtype of the relevance passes:
+  ``bfloat16``, whose unit relevance is summed over positions, tokens and
+  samples in float32 (``attribute``'s ``precision``), or ``float32``, the
+  full precision of the inputs and variables as given (float32, or float64
+  with x64 enabled: nothing is cast);
   ``remat`` recomputes each block's activations in the backward pass
   (``attribute``'s ``remat``): the same scores with less memory. The
   gradient criteria have neither option: they run in float32."""
@@ -98,7 +100,8 @@ class LRP(Criterion):
           model, variables, x, t, self.composite,
           absolute_tokens=self.absolute_tokens and not self.signed,
           dynamic_rules=self.dynamic_rules, input_relevance=False,
-          check_finite=False, precision=self.precision, remat=self.remat)
+          check_finite=False, remat=self.remat,
+          precision=None if self.precision == 'float32' else self.precision)
       return {k: result.units[k] for k in units}
     return _summed(per_batch, images, labels, units, batch_size, self.name,
                    per_sample=None if self.signed else np.abs, mesh=mesh)
