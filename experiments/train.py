@@ -18,7 +18,7 @@ _CONFIG, _WORKDIR = cli.define_config_and_workdir(
 def main(argv):
   cli.start(argv)
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  print(f"test accuracy {results['test_accuracy']:.4f}  "
+  train.log(f"test accuracy {results['test_accuracy']:.4f}  "
         f"validation accuracy {results['validation_accuracy']:.4f}")
 
 

@@ -15,6 +15,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+from pxp_jax import distribute
 from pxp_jax.jobs import report, workdir as workdir_lib
 
 
@@ -45,11 +46,13 @@ def repeat(job: Callable[..., dict], config, workdir, *, stem: str,
   for k in range(config.draws):
     one = copy.deepcopy(config)
     one.seed, one.draws = config.seed + k, 1
-    print(f'draw {k + 1} of {config.draws} (seed {one.seed})', flush=True)
+    if distribute.is_primary():
+      print(f'draw {k + 1} of {config.draws} (seed {one.seed})', flush=True)
     runs.append(job(one, workdir / f'draw_{k}', **kwargs))
   summary = report.over_draws(runs)
   report.write(workdir, stem, summary, xlabel='pruned units (%)',
                title=f'{config.model}: mean of {config.draws} draws '
                f'({summary["split"]} split)')
-  print(report.table(summary), flush=True)
+  if distribute.is_primary():
+    print(report.table(summary), flush=True)
   return summary
