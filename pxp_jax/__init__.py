@@ -15,7 +15,7 @@ import importlib
 __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'evaluate',
-               'structure', 'taps', 'plot', 'lrp', 'prune', 'jobs')
+               'structure', 'taps', 'plot', 'lrp', 'prune', 'jobs', 'slim')
 _ALIASES = {'composites': 'pxp_jax.lrp.presets', 'rules': 'pxp_jax.lrp.rules'}
 
 

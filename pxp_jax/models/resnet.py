@@ -32,64 +32,102 @@ class Downsample(nn.Module):
     return layers.batch_norm(train, '1')(x)
 
 
+def _has_downsample(block, x) -> bool:
+  """A projection shortcut where the block says so, else where the stride
+  or the width changes (torchvision's rule)."""
+  if block.downsample is not None:
+    return block.downsample
+  return block.stride != 1 or x.shape[-1] != block.planes * block.expansion
+
+
+def _block_widths(block, default: tuple[int, ...]) -> tuple[int, ...]:
+  if block.widths is None:
+    return default
+  if len(block.widths) != len(default):
+    raise ValueError(f'{type(block).__name__} has {len(default)} convs; got '
+                     f'widths {block.widths}')
+  return tuple(block.widths)
+
+
 class BasicBlock(nn.Module):
-  """Two 3x3 convs and a residual sum (ResNet-18/34)."""
+  """Two 3x3 convs and a residual sum (ResNet-18/34).
+
+  ``widths``: output channels of conv1 and conv2 (default ``planes`` each;
+  conv2's is the block's output width, a slimmed block's); ``downsample``:
+  whether the shortcut is a projection (default: where the stride or the
+  width changes)."""
 
   planes: int
   stride: int = 1
+  widths: tuple[int, ...] | None = None
+  downsample: bool | None = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    w1, w2 = _block_widths(self, (self.planes, self.planes))
     relu = layers.ReLU(name='relu')
-    y = layers.conv(self.planes, 3, self.stride, 1, bias=False, name='conv1')(x)
+    y = layers.conv(w1, 3, self.stride, 1, bias=False, name='conv1')(x)
     y = relu(layers.batch_norm(train, 'bn1')(y))
-    y = layers.conv(self.planes, 3, 1, 1, bias=False, name='conv2')(y)
+    y = layers.conv(w2, 3, 1, 1, bias=False, name='conv2')(y)
     y = layers.batch_norm(train, 'bn2')(y)
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      x = Downsample(self.planes, self.stride, name='downsample')(x, train)
+    if _has_downsample(self, x):
+      x = Downsample(w2, self.stride, name='downsample')(x, train)
     return relu(layers.Sum(name='residual')(y, x))
 
 
 class Bottleneck(nn.Module):
-  """1x1 reduce, 3x3 (strided), 1x1 expand by 4, residual sum (ResNet-50)."""
+  """1x1 reduce, 3x3 (strided), 1x1 expand by 4, residual sum (ResNet-50).
+
+  ``widths``: output channels of conv1, conv2 and conv3 (default
+  ``planes, planes, 4 planes``); ``downsample`` as ``BasicBlock``'s."""
 
   planes: int
   stride: int = 1
+  widths: tuple[int, ...] | None = None
+  downsample: bool | None = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    w1, w2, out = _block_widths(
+        self, (self.planes, self.planes, self.planes * self.expansion))
     relu = layers.ReLU(name='relu')
-    out = self.planes * self.expansion
-    y = layers.conv(self.planes, 1, bias=False, name='conv1')(x)
+    y = layers.conv(w1, 1, bias=False, name='conv1')(x)
     y = relu(layers.batch_norm(train, 'bn1')(y))
-    y = layers.conv(self.planes, 3, self.stride, 1, bias=False, name='conv2')(y)
+    y = layers.conv(w2, 3, self.stride, 1, bias=False, name='conv2')(y)
     y = relu(layers.batch_norm(train, 'bn2')(y))
     y = layers.conv(out, 1, bias=False, name='conv3')(y)
     y = layers.batch_norm(train, 'bn3')(y)
-    if self.stride != 1 or x.shape[-1] != out:
+    if _has_downsample(self, x):
       x = Downsample(out, self.stride, name='downsample')(x, train)
     return relu(layers.Sum(name='residual')(y, x))
 
 
 class Stage(nn.Module):
   """``layerK``: blocks named ``0, 1, ...``; the first one may stride;
-  ``remat``: each block under ``nn.remat``."""
+  ``remat``: each block under ``nn.remat``; ``widths``: each block's conv
+  widths (None: the defaults); ``downsample``: whether the first block has
+  a projection shortcut, the others none (None: torchvision's rule)."""
 
   block: Any
   planes: int
   num_blocks: int
   stride: int
   remat: bool = False
+  widths: tuple[tuple[int, ...] | None, ...] | None = None
+  downsample: bool | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     # (self, x, train): train is a Python bool
     block = (nn.remat(self.block, static_argnums=(2,)) if self.remat
              else self.block)
+    widths = self.widths or (None,) * self.num_blocks
     for i in range(self.num_blocks):
-      x = block(self.planes, self.stride if i == 0 else 1,
+      x = block(self.planes, self.stride if i == 0 else 1, widths=widths[i],
+                downsample=(self.downsample if i == 0 or self.downsample is None
+                            else False),
                 name=str(i))(x, train)
     return x
 
@@ -107,6 +145,12 @@ class ResNet(nn.Module):
       (``nn.remat`` per block): less memory for gradients and relevance at
       the cost of a second forward pass; the same parameters, paths and
       values.
+    widths: ``((conv path, output channels), ...)`` for convs narrower
+      than ``width`` gives (a slimmed model, ``pxp_jax.slim``): ``conv1``,
+      ``layer2.0.conv1``, ``layer2.0.downsample.0``, ...; None: every conv
+      at its default width. Convs that write the same residual stream (a
+      stage's stem or projection shortcut and its blocks' last convs) must
+      agree.
   """
 
   stage_sizes: Sequence[int]
@@ -115,23 +159,72 @@ class ResNet(nn.Module):
   width: float = 1.0
   small_input: bool = False
   remat: bool = False
+  widths: tuple[tuple[str, int], ...] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     layers.check_images(x)
     base = max(1, int(round(64 * self.width)))
+    stem, stages = self._widths(base)
     if self.small_input:
-      x = layers.conv(base, 3, 1, 1, bias=False, name='conv1')(x)
+      x = layers.conv(stem, 3, 1, 1, bias=False, name='conv1')(x)
     else:
-      x = layers.conv(base, 7, 2, 3, bias=False, name='conv1')(x)
+      x = layers.conv(stem, 7, 2, 3, bias=False, name='conv1')(x)
     x = layers.ReLU(name='relu')(layers.batch_norm(train, 'bn1')(x))
     if not self.small_input:
       x = layers.MaxPool(3, 2, 1, name='maxpool')(x)
+    inputs = base  # the default width of the stream a stage reads
     for i, size in enumerate(self.stage_sizes):
-      x = Stage(self.block, base * 2**i, size, 1 if i == 0 else 2,
-                self.remat, name=f'layer{i + 1}')(x, train)
+      planes, stride = base * 2**i, 1 if i == 0 else 2
+      downsample = (None if self.widths is None else
+                    stride != 1 or inputs != planes * self.block.expansion)
+      x = Stage(self.block, planes, size, stride, self.remat, stages[i],
+                downsample, name=f'layer{i + 1}')(x, train)
+      inputs = planes * self.block.expansion
     x = layers.GlobalAvgPool(name='avgpool')(x)
     return nn.Dense(self.num_classes, name='fc')(x)
+
+  def _widths(self, base: int):
+    """The stem's width and each stage's per-block conv widths (None where
+    ``widths`` is None), checked for unknown paths and for disagreeing
+    writers of one residual stream."""
+    if self.widths is None:
+      return base, (None,) * len(self.stage_sizes)
+    given = dict(self.widths)
+    names = ('conv1', 'conv2') if self.block.expansion == 1 else (
+        'conv1', 'conv2', 'conv3')
+    used = {'conv1'}
+    stream = given.get('conv1', base)
+    stages, inputs = [], base
+    for i, size in enumerate(self.stage_sizes):
+      planes = base * 2**i
+      out = planes * self.block.expansion
+      blocks = []
+      for j in range(size):
+        prefix = f'layer{i + 1}.{j}.'
+        defaults = (planes,) * (len(names) - 1) + (out,)
+        widths = tuple(given.get(prefix + n, d)
+                       for n, d in zip(names, defaults))
+        used.update(prefix + n for n in names)
+        projection = j == 0 and (i > 0 or inputs != out)
+        shortcut = prefix + 'downsample.0'
+        if projection:
+          used.add(shortcut)
+          stream = given.get(shortcut, widths[-1])
+        if widths[-1] != stream:
+          raise ValueError(
+              f'widths: {prefix}{names[-1]} has {widths[-1]} channels but '
+              f'the residual stream it adds to has {stream} (written by '
+              f'{shortcut if projection else "the stage before"}); convs '
+              'that write one stream must have the same width')
+        blocks.append(widths)
+      stages.append(tuple(blocks))
+      inputs = out
+    unknown = sorted(set(given) - used)
+    if unknown:
+      raise ValueError(f'widths: no conv(s) {unknown} in this ResNet; its '
+                       f'convs are {sorted(used)}')
+    return given.get('conv1', base), tuple(stages)
 
 
 

@@ -79,18 +79,30 @@ def _stage(module, x, widths, start: int, batch_norm: bool, train: bool):
 
 
 class Classifier(nn.Module):
-  """``0`` dense, ``1`` ReLU, ``3`` dense, ``4`` ReLU, ``6`` dense."""
+  """``0`` dense, ``1`` ReLU, ``3`` dense, ``4`` ReLU, ``6`` dense;
+  ``hidden``: the width of ``0`` and ``3``, or a pair of widths."""
 
-  hidden: int
+  hidden: int | tuple[int, int]
   num_classes: int
 
   @nn.compact
   def __call__(self, x):
     dense = lambda n, name: nn.Dense(  # noqa: E731
         n, name=name, kernel_init=nn.initializers.normal(0.01))
-    x = layers.ReLU(name='1')(dense(self.hidden, '0')(x))
-    x = layers.ReLU(name='4')(dense(self.hidden, '3')(x))
+    first, second = hidden_widths(self.hidden)
+    x = layers.ReLU(name='1')(dense(first, '0')(x))
+    x = layers.ReLU(name='4')(dense(second, '3')(x))
     return dense(self.num_classes, '6')(x)
+
+
+def hidden_widths(hidden) -> tuple[int, int]:
+  """The widths of ``classifier.0`` and ``classifier.3``."""
+  if isinstance(hidden, int):
+    return hidden, hidden
+  if len(hidden) != 2:
+    raise ValueError(f'hidden is one width or a pair of widths (classifier.0, '
+                     f'classifier.3); got {hidden}')
+  return int(hidden[0]), int(hidden[1])
 
 
 class VGG(nn.Module):
@@ -100,7 +112,9 @@ class VGG(nn.Module):
     config: widths of the conv layers and 'M' for max-pools (``CONFIGS``).
     batch_norm: BatchNorm after every conv (the ``_bn`` variants).
     num_classes: outputs of ``classifier.6``.
-    hidden: width of the two hidden dense layers (4096 in torchvision).
+    hidden: width of the two hidden dense layers (4096 in torchvision), or
+      a pair of widths (a slimmed model, ``pxp_jax.slim``; so are conv
+      widths in ``config`` narrower than the family's).
     pool_size: output of the adaptive average pool (7x7 in torchvision).
     remat: recompute each conv stage's activations in the backward pass
       (``nn.remat`` per stage): less memory for gradients and relevance at
@@ -111,7 +125,7 @@ class VGG(nn.Module):
   config: Sequence[int | str] = CONFIGS['vgg16']
   batch_norm: bool = False
   num_classes: int = 1000
-  hidden: int = 4096
+  hidden: int | tuple[int, int] = 4096
   pool_size: tuple[int, int] = (7, 7)
   remat: bool = False
 
@@ -122,7 +136,9 @@ class VGG(nn.Module):
                  name='features')(x, train)
     x = layers.AdaptiveAvgPool(tuple(self.pool_size), name='avgpool')(x)
     x = layers.Flatten(name='flatten')(x)
-    return Classifier(self.hidden, self.num_classes, name='classifier')(x)
+    hidden = (self.hidden if isinstance(self.hidden, int)
+              else tuple(self.hidden))
+    return Classifier(hidden, self.num_classes, name='classifier')(x)
 
 
 def _layer_groups(found, boundaries) -> dict[str, list[str]]:

@@ -25,31 +25,42 @@ from pxp_jax.models.kinds import Kind
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
 
-def _dense(features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, name=name, kernel_init=_DENSE_INIT)
+def _dense(features: int, name: str, empty: bool = False) -> nn.Dense:
+  """``empty``: a layer between which and its neighbour no unit is left
+  (a slimmed model's), whose zero-size kernel xavier cannot initialise."""
+  return nn.Dense(features, name=name, kernel_init=nn.initializers.zeros
+                  if empty else _DENSE_INIT)
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention: softmax(Q K^T / sqrt(d)) V, then ``proj``."""
+  """Multi-head self-attention: softmax(Q K^T / sqrt(d)) V, then ``proj``.
+
+  ``head_dim``: each head's width (None: width / num_heads); given, the
+  heads need not fill the width (a slimmed block, ``pxp_jax.slim``; with no
+  heads left the output is ``proj``'s bias)."""
 
   num_heads: int
+  head_dim: int | None = None
 
   @nn.compact
   def __call__(self, x):
     n, tokens, width = x.shape
-    if width % self.num_heads:
-      raise ValueError(f'width {width} is not divisible by num_heads '
-                       f'{self.num_heads}')
-    head_dim = width // self.num_heads
-    qkv = _dense(3 * width, 'qkv')(x)
+    head_dim = self.head_dim
+    if head_dim is None:
+      if width % self.num_heads:
+        raise ValueError(f'width {width} is not divisible by num_heads '
+                         f'{self.num_heads}')
+      head_dim = width // self.num_heads
+    inner = self.num_heads * head_dim
+    qkv = _dense(3 * inner, 'qkv', not inner)(x)
     # (N, T, 3, H, D) -> three (N, H, T, D)
     qkv = qkv.reshape(n, tokens, 3, self.num_heads, head_dim)
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)
     scores = layers.QueryKey(name='qk')(q * head_dim**-0.5, k.swapaxes(-1, -2))
     attn = layers.Softmax(name='softmax')(scores)
     out = layers.AttentionValue(name='av')(attn, v)
-    out = out.transpose(0, 2, 1, 3).reshape(n, tokens, width)
-    return _dense(width, 'proj')(out)
+    out = out.transpose(0, 2, 1, 3).reshape(n, tokens, inner)
+    return _dense(width, 'proj', not inner)(out)
 
 
 class Mlp(nn.Module):
@@ -59,20 +70,23 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = layers.GELU(name='act')(_dense(self.hidden, 'fc1')(x))
-    return _dense(x.shape[-1], 'fc2')(y)
+    empty = not self.hidden
+    y = layers.GELU(name='act')(_dense(self.hidden, 'fc1', empty)(x))
+    return _dense(x.shape[-1], 'fc2', empty)(y)
 
 
 class Block(nn.Module):
-  """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+  """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x));
+  ``head_dim`` as ``Attention``'s."""
 
   num_heads: int
   mlp_dim: int
   ln_eps: float = 1e-6
+  head_dim: int | None = None
 
   @nn.compact
   def __call__(self, x):
-    y = Attention(self.num_heads, name='attn')(
+    y = Attention(self.num_heads, self.head_dim, name='attn')(
         nn.LayerNorm(self.ln_eps, name='norm1')(x))
     x = layers.Sum(name='residual1')(x, y)
     y = Mlp(self.mlp_dim, name='mlp')(nn.LayerNorm(self.ln_eps, name='norm2')(x))
@@ -80,19 +94,34 @@ class Block(nn.Module):
 
 
 class Blocks(nn.Module):
-  """``blocks.0 .. blocks.{depth-1}``; ``remat``: each under ``nn.remat``."""
+  """``blocks.0 .. blocks.{depth-1}``; ``remat``: each under ``nn.remat``;
+  ``block_heads`` and ``block_mlp_dims``: per-block head counts and MLP
+  widths (None: ``num_heads`` and ``mlp_dim`` everywhere), heads of
+  ``width / num_heads`` channels either way."""
 
   depth: int
   num_heads: int
   mlp_dim: int
   ln_eps: float
   remat: bool = False
+  block_heads: tuple[int, ...] | None = None
+  block_mlp_dims: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x):
     block = nn.remat(Block) if self.remat else Block
+    for name, sizes in (('block_heads', self.block_heads),
+                        ('block_mlp_dims', self.block_mlp_dims)):
+      if sizes is not None and len(sizes) != self.depth:
+        raise ValueError(f'{name} has {len(sizes)} entries for {self.depth} '
+                         f'blocks: {tuple(sizes)}')
+    slim = self.block_heads is not None
+    head_dim = x.shape[-1] // self.num_heads if slim else None
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.ln_eps, name=str(i))(x)
+      heads = self.block_heads[i] if slim else self.num_heads
+      mlp = (self.mlp_dim if self.block_mlp_dims is None
+             else self.block_mlp_dims[i])
+      x = block(heads, mlp, self.ln_eps, head_dim, name=str(i))(x)
     return x
 
 
@@ -126,6 +155,9 @@ class ViT(nn.Module):
       (``nn.remat`` per block): less memory for gradients and relevance at
       the cost of a second forward pass; the same parameters, paths and
       values.
+    block_heads: heads of each block (None: ``num_heads`` in every block),
+      each ``width / num_heads`` wide: a slimmed model (``pxp_jax.slim``).
+    block_mlp_dims: MLP hidden width of each block (None: ``mlp_dim``).
   """
 
   image_size: int = 224
@@ -137,6 +169,8 @@ class ViT(nn.Module):
   num_classes: int = 1000
   ln_eps: float = 1e-6
   remat: bool = False
+  block_heads: tuple[int, ...] | None = None
+  block_mlp_dims: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -152,10 +186,15 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)),
                          x], axis=1) + pos
     x = Blocks(self.depth, self.num_heads, self.mlp_dim, self.ln_eps,
-               self.remat, name='blocks')(x)
+               self.remat, _tuple(self.block_heads),
+               _tuple(self.block_mlp_dims), name='blocks')(x)
     x = nn.LayerNorm(self.ln_eps, name='norm')(x)
     return nn.Dense(self.num_classes, name='head',
                     kernel_init=nn.initializers.zeros)(x[:, 0])
+
+
+def _tuple(sizes):
+  return None if sizes is None else tuple(sizes)
 
 
 def _layer_groups(found, boundaries) -> dict[str, list[str]]:

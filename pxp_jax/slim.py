@@ -1,0 +1,382 @@
+"""From masks to a smaller network: pruned units removed physically.
+
+``masked_apply`` (``pxp_jax.prune.sweep``) multiplies pruned units' outputs
+by 0 and keeps the model's size. ``slim`` returns a narrower model of the
+same family whose logits are the masked model's: a pruned conv filter loses
+its kernel column and BatchNorm entries and the next layer loses the input
+channel (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017, the
+structured pruning PXP's papers measure); a pruned dense neuron loses its
+column and the next layer's row; a pruned head loses its query, key and
+value columns and its rows of the output projection.
+
+A unit whose output other layers add to cannot always go: a ResNet's
+residual stream is written by a stage's stem or projection shortcut and by
+every block's last conv, so one of its channels goes only when every writer
+of it is pruned (the channel is then 0 all along the stream); else the
+pruned writers keep the channel with a zero BatchNorm scale and shift, which
+outputs exactly the masked model's 0. A ViT's token width is read by
+LayerNorms, which mix every channel, so units writing it (the MLP's second
+layer, the patch embedding, the attention projections) stay, zeroed.
+``Slimmed`` says how many units of each layer went and how many stayed and
+why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from collections.abc import Mapping
+
+import flax
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from pxp_jax import structure
+from pxp_jax.models import resnet, vgg, vit
+from pxp_jax.models.kinds import Kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Slimmed:
+  """A slimmed model.
+
+  Attributes:
+    model: the narrower module, of the input model's family.
+    variables: its variables.
+    removed: unit key -> pruned units removed physically.
+    kept_masked: unit key -> pruned units kept in the model with zero
+      weights (their output is the masked model's 0).
+    reasons: unit key -> why its ``kept_masked`` units could not go.
+  """
+
+  model: nn.Module
+  variables: dict
+  removed: dict[str, int]
+  kept_masked: dict[str, int]
+  reasons: dict[str, str]
+
+
+def slim(model: nn.Module, variables, masks: Mapping,
+         input_shape=None) -> Slimmed:
+  """A narrower network computing ``masked_apply(model, variables, x,
+  masks)``.
+
+  Args:
+    model, variables: a ResNet, VGG or ViT of ``pxp_jax.models`` (BatchNorm
+      statistics are used as at evaluation).
+    masks: unit key -> (units,) 0/1 mask, 0 = pruned: one rate's row of
+      ``prune.ranking.masks`` (``{k: m[i] for k, m in masks.items()}``).
+    input_shape: the shape the model is traced at (default: one image of
+      the model's ``image_size``, else 32 x 32 x 3).
+
+  Returns:
+    ``Slimmed``: ``.model.apply(.variables, x)`` equals the masked model's
+    logits up to float32 rounding.
+
+  Example::
+
+    rows = prune.ranking.masks(scores, [0.3, 0.5])
+    small = pxp_jax.slim(model, variables, {k: m[0] for k, m in rows.items()})
+    logits = small.model.apply(small.variables, images)
+  """
+  size = getattr(model, 'image_size', 32)
+  input_shape = tuple(input_shape or (1, size, size, 3))
+  found = structure.trace(model, variables, input_shape)
+  pruned = _pruned(masks, found.units())
+  flat = {c: dict(flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(v), sep='.')) for c, v in variables.items()}
+  if isinstance(model, resnet.ResNet):
+    family = _resnet
+  elif isinstance(model, vgg.VGG):
+    family = _vgg
+  elif isinstance(model, vit.ViT):
+    family = _vit
+  else:
+    raise NotImplementedError(
+        f'slim supports the ResNet, VGG and ViT families of pxp_jax.models; '
+        f'{type(model).__name__} is not one of them (its masked version, '
+        'prune.sweep.masked_apply, runs as it is)')
+  edit = _Edit(flat, found, pruned)
+  new_model = family(model, edit)
+  for key in pruned:  # units the family does not remove: zeroed in place
+    if key not in edit.handled:
+      edit.zero_in_place(key, _LOGITS if edit.units[key].type == 'output'
+                         else 'not removable in this family')
+  out = {c: flax.traverse_util.unflatten_dict(
+      {k: jnp.asarray(v) for k, v in edit.apply(c).items()}, sep='.')
+         for c in flat}
+  removed = {k: n for k, n in edit.removed.items() if n}
+  return Slimmed(new_model, out, removed, dict(edit.kept),
+                 {k: edit.reasons[k] for k in edit.kept})
+
+
+def _pruned(masks: Mapping, units: Mapping[str, structure.Unit]
+            ) -> dict[str, np.ndarray]:
+  """unit key -> bool (units,) pruned, checked against the model."""
+  unknown = sorted(set(masks) - set(units))
+  if unknown:
+    raise KeyError(f'masks name no unit(s) {unknown} of this model; its '
+                   f'units: {", ".join(units)}')
+  out = {}
+  for key, mask in masks.items():
+    mask = np.asarray(mask)
+    if mask.shape != (units[key].size,):
+      raise ValueError(
+          f'mask {key!r} has shape {mask.shape}, the layer has '
+          f'{units[key].size} units; pass one rate\'s row of '
+          'ranking.masks: {k: m[i] for k, m in masks.items()}')
+    if not np.all((mask == 0) | (mask == 1)):
+      raise ValueError(f'mask {key!r} is not 0/1 ({np.unique(mask)[:5]}); '
+                       'slim removes units, it does not rescale them')
+    out[key] = mask == 0
+  return out
+
+
+class _Edit:
+  """Planned changes to flat variables: channels zeroed (on the full
+  arrays), then channels kept along an axis of each array."""
+
+  def __init__(self, flat, found, pruned):
+    self.flat, self.found, self.pruned = flat, found, pruned
+    self.units = found.units()
+    self.keeps: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+    self.zeros: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+    self.removed: dict[str, int] = {}
+    self.kept: dict[str, int] = {}
+    self.reasons: dict[str, str] = {}
+    self.handled: set[str] = set()
+
+  def mask(self, key: str, size: int | None = None) -> np.ndarray:
+    """bool pruned units of ``key`` (none pruned if it has no mask)."""
+    if key in self.pruned:
+      return self.pruned[key]
+    return np.zeros(size if size is not None else self.units[key].size, bool)
+
+  def _arrays(self, path: str, names) -> list[tuple[str, str]]:
+    return [(c, f'{path}.{n}') for c in self.flat for n in names
+            if f'{path}.{n}' in self.flat[c]]
+
+  def keep(self, path: str, names, axis: int, keep: np.ndarray):
+    for where in self._arrays(path, names):
+      self.keeps.setdefault(where, []).append((axis, keep))
+
+  def zero(self, path: str, names, axis: int, which: np.ndarray):
+    for where in self._arrays(path, names):
+      self.zeros.setdefault(where, []).append((axis, which))
+
+  def outputs(self, layer: str, keep: np.ndarray):
+    """Keep the output channels ``keep`` of a conv or dense layer and of
+    the BatchNorm after it."""
+    self.keep(layer, ('kernel', 'bias'), -1, keep)
+    site = self.units[layer].site
+    if site != layer:
+      self.keep(site, ('scale', 'bias', 'mean', 'var'), -1, keep)
+
+  def inputs(self, layer: str, keep: np.ndarray):
+    """Keep the input channels (kernel rows) ``keep`` of a layer."""
+    self.keep(layer, ('kernel',), -2, keep)
+
+  def zero_outputs(self, key: str, which: np.ndarray, reason: str):
+    """Units ``which`` of ``key`` output 0: the BatchNorm's scale and shift
+    after a conv, else the layer's kernel column and bias."""
+    unit = self.units[key]
+    if unit.type == 'heads':
+      # A head whose weights are 0 outputs 0, as one whose values are 0.
+      width = self.flat['params'][f'{key}.qkv.kernel'].shape[-1]
+      cols = np.zeros((3, unit.size, width // 3 // unit.size), bool)
+      cols[2, which] = True
+      self.zero(f'{key}.qkv', ('kernel', 'bias'), -1, cols.reshape(-1))
+    elif unit.site != unit.layer:
+      self.zero(unit.site, ('scale', 'bias'), -1, which)
+    else:
+      self.zero(unit.layer, ('kernel', 'bias'), -1, which)
+    if which.any():
+      self.kept[key] = self.kept.get(key, 0) + int(which.sum())
+      reasons = self.reasons.get(key, '')
+      if reason not in reasons:
+        self.reasons[key] = f'{reasons}; {reason}' if reasons else reason
+    self.handled.add(key)
+
+  def zero_in_place(self, key: str, reason: str):
+    if self.units[key].type == 'heads' and not self._arrays(
+        f'{key}.qkv', ('kernel',)):
+      raise NotImplementedError(f'{key}: cannot zero the heads of this '
+                                'attention module in place')
+    self.zero_outputs(key, self.mask(key), reason)
+
+  def count(self, key: str, removed: np.ndarray):
+    if key in self.units:
+      self.removed[key] = self.removed.get(key, 0) + int(removed.sum())
+      self.handled.add(key)
+
+  def apply(self, collection: str) -> dict:
+    out = {}
+    for name, value in self.flat[collection].items():
+      value = np.array(value)
+      for axis, which in self.zeros.get((collection, name), []):
+        index = [slice(None)] * value.ndim
+        index[axis] = which
+        value[tuple(index)] = 0
+      for axis, keep in self.keeps.get((collection, name), []):
+        value = np.compress(keep, value, axis=axis)
+      out[name] = value
+    return out
+
+
+_LOGITS = 'a logit: the output layer keeps every class'
+_EMPTY = ('the last unit of a layer pruned whole: a CNN layer keeps one '
+          '(zero) channel, as layers of zero width cannot be initialised')
+
+
+def _nonempty(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``keep`` with its first unit kept if it keeps none, and that unit."""
+  if keep.any():
+    return keep, np.zeros_like(keep)
+  last = np.zeros_like(keep)
+  last[0] = True
+  return last, last
+
+
+# ResNet ----------------------------------------------------------------------
+
+_STREAM = ('writes a residual stream whose channel other layers also write '
+           '(the stem or projection shortcut and the blocks\' last convs): '
+           'a channel goes only when every writer of it is pruned')
+
+
+def _resnet(model: resnet.ResNet, edit: _Edit) -> nn.Module:
+  """Inner convs lose their pruned filters; a stream channel goes when its
+  every writer is pruned. Streams: the stem's (or a projection shortcut's)
+  output and the blocks' sums after it up to the next projection."""
+  names = ('conv1', 'conv2') if model.block.expansion == 1 else (
+      'conv1', 'conv2', 'conv3')
+  streams = [{'writers': ['conv1'], 'readers': []}]
+  inner = []  # (conv, the conv before it in its block)
+  for i, blocks in enumerate(model.stage_sizes):
+    for j in range(blocks):
+      prefix = f'layer{i + 1}.{j}.'
+      streams[-1]['readers'].append(prefix + names[0])
+      shortcut = prefix + 'downsample.0'
+      if shortcut in edit.units:
+        streams[-1]['readers'].append(shortcut)
+        streams.append({'writers': [shortcut], 'readers': []})
+      streams[-1]['writers'].append(prefix + names[-1])
+      inner += [(prefix + b, prefix + a) for a, b in zip(names, names[1:])]
+  streams[-1]['readers'].append('fc')
+  kept: dict[str, np.ndarray] = {}
+  for stream in streams:
+    writers = stream['writers']
+    gone = np.logical_and.reduce([edit.mask(w) for w in writers])
+    keep, last = _nonempty(~gone)
+    for w in writers:
+      edit.zero_outputs(w, edit.mask(w) & ~gone, _STREAM)
+      edit.zero_outputs(w, last, _EMPTY)
+      edit.count(w, ~keep)
+      edit.outputs(w, keep)
+      kept[w] = keep
+    for r in stream['readers']:
+      edit.inputs(r, keep)
+  for path in [p for _, p in inner] + [p for p, _ in inner]:
+    if path not in kept:
+      kept[path], last = _nonempty(~edit.mask(path))
+      edit.zero_outputs(path, last, _EMPTY)
+      edit.count(path, ~kept[path])
+      edit.outputs(path, kept[path])
+  for path, before in inner:
+    edit.inputs(path, kept[before])
+  if model.widths is None and all(k.all() for k in kept.values()):
+    return model
+  return model.clone(widths=tuple((p, int(kept[p].sum()))
+                                  for p in sorted(kept)))
+
+
+# VGG -------------------------------------------------------------------------
+
+
+def _vgg(model: vgg.VGG, edit: _Edit) -> nn.Module:
+  """Every conv filter and hidden neuron goes: a conv's next conv loses the
+  input channels; the last conv's, ``classifier.0`` loses the rows of the
+  channels in the flattened (channel-major) pool output."""
+  convs = [op.path for op in edit.found.of_kind(Kind.CONV)]
+  config, widths = [], iter(convs)
+  before = None
+  for v in model.config:
+    if v == 'M':
+      config.append(v)
+      continue
+    path = next(widths)
+    keep, last = _nonempty(~edit.mask(path))
+    edit.zero_outputs(path, last, _EMPTY)
+    edit.count(path, ~keep)
+    edit.outputs(path, keep)
+    if before is not None:
+      edit.inputs(path, before)
+    before = keep
+    config.append(int(keep.sum()))
+  pool = int(np.prod(model.pool_size))
+  edit.inputs('classifier.0', np.repeat(before, pool))
+  hidden = []
+  for layer, reader in (('classifier.0', 'classifier.3'),
+                        ('classifier.3', 'classifier.6')):
+    keep, last = _nonempty(~edit.mask(layer))
+    edit.zero_outputs(layer, last, _EMPTY)
+    edit.count(layer, ~keep)
+    edit.outputs(layer, keep)
+    edit.inputs(reader, keep)
+    hidden.append(int(keep.sum()))
+  new = dict(config=tuple(config))
+  if tuple(hidden) != vgg.hidden_widths(model.hidden):
+    new['hidden'] = tuple(hidden)
+  return model.clone(**new)
+
+
+# ViT -------------------------------------------------------------------------
+
+_TOKEN_WIDTH = ('writes the token width, which every LayerNorm reads whole '
+                'and every block adds to')
+
+
+def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
+  """Heads lose their query, key and value columns and their rows of
+  ``proj``; ``fc1`` neurons their column and ``fc2``'s row. Units on the
+  token width stay, zeroed."""
+  heads, mlp = [], []
+  width = model.width
+  head_dim = width // model.num_heads
+  for i in range(model.depth):
+    attn, fc1 = f'blocks.{i}.attn', f'blocks.{i}.mlp.fc1'
+    n_heads = (model.num_heads if model.block_heads is None
+               else model.block_heads[i])
+    gone = edit.mask(attn, n_heads)
+    edit.count(attn, gone)
+    cols = np.repeat(~gone, head_dim)
+    edit.keep(f'{attn}.qkv', ('kernel', 'bias'), -1, np.tile(cols, 3))
+    edit.inputs(f'{attn}.proj', cols)
+    heads.append(int((~gone).sum()))
+    gone = edit.mask(fc1)
+    edit.count(fc1, gone)
+    edit.outputs(fc1, ~gone)
+    edit.inputs(f'blocks.{i}.mlp.fc2', ~gone)
+    mlp.append(int((~gone).sum()))
+  for key, unit in edit.units.items():
+    if key in edit.pruned and unit.type != 'heads' and key not in edit.handled:
+      edit.zero_outputs(key, edit.mask(key), _TOKEN_WIDTH)
+  new = {}
+  if model.block_heads is not None or any(h != model.num_heads for h in heads):
+    new['block_heads'] = tuple(heads)
+  if model.block_mlp_dims is not None or any(m != model.mlp_dim for m in mlp):
+    new['block_mlp_dims'] = tuple(mlp)
+  return model.clone(**new)
+
+
+class _Module(types.ModuleType):
+  """This module, callable: ``pxp_jax.slim(model, variables, masks)`` is
+  ``pxp_jax.slim.slim(...)``."""
+
+  def __call__(self, model, variables, masks, input_shape=None) -> Slimmed:
+    return slim(model, variables, masks, input_shape)
+
+
+sys.modules[__name__].__class__ = _Module
