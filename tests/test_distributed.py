@@ -204,3 +204,35 @@ def test_training_and_fine_tuning_steps_on_four_devices_equal_one():
   # ~0 move by +-lr whatever the sum order: compare the fine-tuned
   # models' logits, against how far fine-tuning moved them.
   assert float(found['fine_tune']) <= 1e-4 < float(found['fine_tune_moved'])
+
+
+def test_two_processes_train_checkpoint_and_export(digits_dir, tmp_path):
+  """Data-parallel training over two processes: orbax's multi-host
+  checkpoint, one export and one results.json, which a single process
+  reads back."""
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  runs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train',
+       '--config=experiments/configs/train.py:model=resnet_digits,runlocal',
+       '--config.model=resnet_tiny', '--config.batch_size=64',
+       '--config.num_epochs=1', '--config.tensorboard=false',
+       f'--config.data_dir={digits_dir}', '--config.splits.train=train[:256]',
+       '--config.splits.validation=validation[:64]',
+       '--config.splits.test=test[:64]', f'--workdir={tmp_path}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in (0, 1)]
+  outputs = [_finished(run) for run in runs]
+  assert 'exported to' in outputs[0] and 'exported to' not in outputs[1]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  from pxp_jax import checkpoints, data, evaluate  # pylint: disable=import-outside-toplevel
+  model, variables = checkpoints.load(tmp_path / 'export')
+  recipe = checkpoints.recipe(tmp_path / 'export')
+  accuracy = evaluate.accuracy(model, variables, data.batches(
+      data.load('digits', 'test[:64]', data_dir=digits_dir),
+      data.Preprocess(**recipe['preprocess']), 32))
+  assert accuracy == pytest.approx(results['test_accuracy'], abs=1e-9)
+  assert (tmp_path / 'checkpoints' / '1').is_dir()
