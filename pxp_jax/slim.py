@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import types
 from collections.abc import Mapping
 
 import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,10 +96,13 @@ def slim(model: nn.Module, variables, masks: Mapping,
   elif isinstance(model, vit.ViT):
     family = _vit
   else:
+    layer = next(iter(pruned), None) or '(none masked)'
     raise NotImplementedError(
-        f'slim supports the ResNet, VGG and ViT families of pxp_jax.models; '
-        f'{type(model).__name__} is not one of them (its masked version, '
-        'prune.sweep.masked_apply, runs as it is)')
+        f'slim cannot remove units of {layer!r} in {type(model).__name__}: '
+        'it rebuilds the ResNet, VGG and ViT families of pxp_jax.models '
+        'with narrower layers, and a plain flax model gives no way to set '
+        'its layer widths; evaluate it masked instead '
+        '(prune.sweep.masked_apply)')
   edit = _Edit(flat, found, pruned)
   new_model = family(model, edit)
   for key in pruned:  # units the family does not remove: zeroed in place
@@ -369,6 +374,62 @@ def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
   if model.block_mlp_dims is not None or any(m != model.mlp_dim for m in mlp):
     new['block_mlp_dims'] = tuple(mlp)
   return model.clone(**new)
+
+
+# Size and speed -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """What a model costs on inputs of one shape.
+
+  Attributes:
+    parameters: entries of its ``params`` (BatchNorm statistics excluded).
+    flops: floating-point operations of one forward pass, from XLA's cost
+      analysis of the compiled program (a multiply-add counts 2).
+    latency_s: median wall time of one compiled forward pass.
+    throughput: images per second at that latency.
+    device: the device it ran on (``jax.devices()[0].device_kind``).
+  """
+
+  parameters: int
+  flops: float
+  latency_s: float
+  throughput: float
+  device: str
+
+
+def size_report(model: nn.Module, variables, input_shape, *, repeats: int = 20,
+                warmup: int = 3) -> Size:
+  """Parameters, FLOPs and latency of ``model.apply(variables, x)`` for
+  inputs ``x`` of ``input_shape`` (N, H, W, C).
+
+  The forward pass is compiled once (``jax.jit``); FLOPs are
+  ``compiled.cost_analysis()['flops']``; the latency is the median of
+  ``repeats`` timed calls after ``warmup`` untimed ones, each waited for
+  (``block_until_ready``). Compare a dense and a slim model with reports
+  measured in the same process, on the same device.
+  """
+  if repeats < 1 or warmup < 0:
+    raise ValueError(f'repeats must be >= 1 and warmup >= 0; got {repeats}, '
+                     f'{warmup}')
+  x = jnp.zeros(tuple(input_shape), jnp.float32)
+  compiled = jax.jit(model.apply).lower(variables, x).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one entry per program in older JAX
+    cost = cost[0]
+  for _ in range(warmup):
+    compiled(variables, x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    compiled(variables, x).block_until_ready()
+    times.append(time.perf_counter() - start)
+  latency = float(np.median(times))
+  parameters = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(
+      variables['params']))
+  return Size(parameters, float(cost.get('flops', float('nan'))), latency,
+              x.shape[0] / latency, jax.devices()[0].device_kind)
 
 
 class _Module(types.ModuleType):
