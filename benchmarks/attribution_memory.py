@@ -21,15 +21,14 @@ the time of one call of each at ``--time_batch`` (median of ``--reps``
 after a warm-up) and its ratio.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from pxp_jax import attribute, composites, models, rules
 from pxp_jax.lrp import attribution
+
+import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
 
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'vgg16_bn', 'vit_ti16'],
@@ -53,16 +52,6 @@ def _pruning_pass(model, remat):
   return jax.jit(lambda v, x, t: attribute(
       model, v, x, t, composite, input_relevance=False, check_finite=False,
       remat=remat).units)
-
-
-def _median_seconds(fn, reps):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def remat_table():
@@ -96,7 +85,7 @@ def remat_table():
       x = jax.random.normal(jax.random.key(2),
                             (_TIME_BATCH.value, 224, 224, 3))
       t = jnp.zeros((_TIME_BATCH.value,), jnp.int32)
-      ms = [1e3 * _median_seconds(
+      ms = [1e3 * timing.median_seconds(
           lambda run=_pruning_pass(model, remat): run(concrete, x, t),
           _REPS.value) for remat in (False, True)]
       timed.append((name, ms))

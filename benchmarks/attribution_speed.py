@@ -18,8 +18,6 @@ and two extra backward convs (about 2.5x).
 import contextlib
 import copy
 import os
-import statistics
-import time
 
 # torch's OpenMP threads otherwise spin after each call and slow the JAX
 # measurements that follow on the same cores.
@@ -34,6 +32,8 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from pxp_jax import attribute, composites, convert, rules  # pylint: disable=g-import-not-at-top
 
+import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
+
 _BATCHES = flags.DEFINE_list('batches', ['1', '8'], 'Batch sizes.')
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'vgg16_bn', 'vit'],
                             'Models.')
@@ -42,16 +42,6 @@ _REPS = flags.DEFINE_integer('reps', 5, 'Timed calls per measurement.')
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
-
-
-def _median_seconds(fn, reps):
-  fn()  # warm-up: compilation, caches
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _torch_model(name):
@@ -138,21 +128,21 @@ def main(argv):
       x = jnp.asarray(x_nhwc)
       grad_fn = jax.jit(lambda v, x: jax.vjp(
           lambda a: model.apply(v, a), x)[1](jnp.ones((x.shape[0], 1000)))[0])
-      grad = _median_seconds(
+      grad = timing.median_seconds(
           lambda: jax.block_until_ready(grad_fn(variables, x)), _REPS.value)
       x_torch = torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2).copy())
       t_torch = torch.from_numpy(targets)
       for comp_name, (composite, floor) in _composites(name).items():
-        ours = _median_seconds(lambda: jax.block_until_ready(attribute(
+        ours = timing.median_seconds(lambda: jax.block_until_ready(attribute(
             model, variables, x, jnp.asarray(targets), composite,
             check_finite=False).input), _REPS.value)
         reference = None
         if name != 'vit' and comp_name != 'epsilon':
           call, stack = _zennit(torch_model, name, comp_name, x_torch, t_torch)
           with stack:
-            reference = _median_seconds(call, _REPS.value)
+            reference = timing.median_seconds(call, _REPS.value)
         elif name == 'vit' and comp_name == 'cp_lrp':
-          reference = _median_seconds(_lxt(torch_model, x_torch, t_torch),
+          reference = timing.median_seconds(_lxt(torch_model, x_torch, t_torch),
                                       _REPS.value)
         row = dict(model=name, batch=batch, composite=comp_name,
                    grad_ms=grad * 1e3, ours_ms=ours * 1e3,

@@ -13,7 +13,6 @@ relevance pass of the reference batch in each precision (median of
 """
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,8 @@ from scipy import stats
 
 from pxp_jax.jobs.task import Task
 from pxp_jax.lrp import attribution
+
+import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
 
 _REPS = flags.DEFINE_integer('reps', 5, 'Timed calls per precision.')
 CASES = (('resnet_digits', 'filters'), ('vit_digits', 'neurons'),
@@ -38,16 +39,6 @@ def _overlap(a, b, rate):
   ``b``'s."""
   n = int(round(rate * len(a)))
   return len(set(np.argsort(a)[:n]) & set(np.argsort(b)[:n])) / max(n, 1)
-
-
-def _median_seconds(fn, reps):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main(argv):
@@ -67,7 +58,7 @@ def main(argv):
     images, labels = task.references()
     images, labels = jnp.asarray(images[:task.batch_size]), jnp.asarray(
         labels[:task.batch_size])
-    ms = {p: 1e3 * _median_seconds(lambda p=p: attribution.attribute(
+    ms = {p: 1e3 * timing.median_seconds(lambda p=p: attribution.attribute(
         task.model, task.variables, images, labels, composite,
         absolute_tokens=True, input_relevance=False, check_finite=False,
         precision=p).units, _REPS.value) for p in attribution.PRECISIONS}

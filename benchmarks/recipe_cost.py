@@ -13,8 +13,6 @@ samples per class. Compilation is excluded (one warm-up call each); the
 best of three runs counts.
 """
 
-import time
-
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
@@ -22,20 +20,12 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from pxp_jax import attribute, composites, models, prune, structure  # pylint: disable=g-import-not-at-top
 
+import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
+
 _MODELS = flags.DEFINE_list('models', ['resnet50', 'vit_b16'], 'Models.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Images per call.')
 ROWS = 4  # mask rows per sweep call
 PASSES = 20 * (5 + 20)  # rates x (criteria + random seeds) per eval image
-
-
-def _best(fn, reps=3):
-  fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def main(argv):
@@ -57,9 +47,9 @@ def main(argv):
     masks = {k: jnp.ones((ROWS, u.size)) for k, u in units.items()}
     sweep = prune.sweep_correct(model)
     allowed = jnp.ones(1000, bool)
-    forward = _best(lambda: jax.block_until_ready(  # noqa: B023
+    forward = timing.best_seconds(lambda: jax.block_until_ready(  # noqa: B023
         sweep(variables, x, labels, masks, allowed))) / (batch * ROWS)
-    relevance = _best(lambda: jax.block_until_ready(attribute(  # noqa: B023
+    relevance = timing.best_seconds(lambda: jax.block_until_ready(attribute(  # noqa: B023
         model, variables, x, labels, composite, input_relevance=False,
         check_finite=False).units)) / batch
     costs = []

@@ -32,6 +32,8 @@ import time
 
 from absl import app, flags
 
+import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
+
 _MODE = flags.DEFINE_enum('mode', 'devices', ['devices', 'imagenet'],
                           'Which measurement.')
 _COUNTS = flags.DEFINE_list('counts', ['1', '2', '4', '8'], 'Device counts.')
@@ -68,13 +70,13 @@ def _one_count(count: int) -> dict:
                                           found=found))
   score = lambda: lrp.score(model, variables, images, labels, units,  # noqa: E731
                             batch_size=64, mesh=mesh)
-  relevance = _best(score) / len(labels)
+  relevance = timing.best_seconds(score) / len(labels)
   masks = {k: (rng.random((SWEEP_ROWS, u.size)) > 0.3).astype(np.float32)
            for k, u in units.items()}
   batches = [dict(image=images, label=labels)] * 2
   sweep = lambda: prune.sweep_accuracy(model, variables, batches, masks, 10,  # noqa: E731
                                        mesh=mesh)
-  forward = _best(sweep) / (256 * SWEEP_ROWS)
+  forward = timing.best_seconds(sweep) / (256 * SWEEP_ROWS)
   return dict(devices=count, relevance_images_per_s=1 / relevance,
               sweep_passes_per_s=1 / forward)
 
@@ -182,16 +184,6 @@ def _program_memory(model, variables, lrp, masks, mesh) -> dict:
                     jnp.ones(FULL_CLASSES, bool)).compile().memory_analysis()
   gib = lambda m: (m.argument_size_in_bytes + m.temp_size_in_bytes) / 2**30  # noqa: E731
   return dict(relevance=gib(relevance), sweep=gib(sweep))
-
-
-def _best(fn, reps=2):
-  fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def main(argv):
