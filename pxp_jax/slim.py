@@ -18,7 +18,9 @@ outputs exactly the masked model's 0. A ViT's token width is read by
 LayerNorms, which mix every channel, so units writing it (the MLP's second
 layer, the patch embedding, the attention projections) stay, zeroed.
 ``Slimmed`` says how many units of each layer went and how many stayed and
-why.
+why. A plain flax model is slimmed when its convs and dense layers form a
+chain (``Narrowed``); other plain models are a NotImplementedError naming
+the layer.
 """
 
 from __future__ import annotations
@@ -66,8 +68,12 @@ def slim(model: nn.Module, variables, masks: Mapping,
   masks)``.
 
   Args:
-    model, variables: a ResNet, VGG or ViT of ``pxp_jax.models`` (BatchNorm
-      statistics are used as at evaluation).
+    model, variables: a ResNet, VGG or ViT of ``pxp_jax.models``, or a
+      plain flax model whose convs and dense layers form a chain (each read
+      by the next alone, through activations, BatchNorm, pooling or a
+      flatten; slimmed as ``Narrowed``, checked against the masked model
+      on a random input, else NotImplementedError). BatchNorm statistics
+      are used as at evaluation.
     masks: unit key -> (units,) 0/1 mask, 0 = pruned: one rate's row of
       ``prune.ranking.masks`` (``{k: m[i] for k, m in masks.items()}``).
     input_shape: the shape the model is traced at (default: one image of
@@ -96,13 +102,7 @@ def slim(model: nn.Module, variables, masks: Mapping,
   elif isinstance(model, vit.ViT):
     family = _vit
   else:
-    layer = next(iter(pruned), None) or '(none masked)'
-    raise NotImplementedError(
-        f'slim cannot remove units of {layer!r} in {type(model).__name__}: '
-        'it rebuilds the ResNet, VGG and ViT families of pxp_jax.models '
-        'with narrower layers, and a plain flax model gives no way to set '
-        'its layer widths; evaluate it masked instead '
-        '(prune.sweep.masked_apply)')
+    family = _chain
   edit = _Edit(flat, found, pruned)
   new_model = family(model, edit)
   for key in pruned:  # units the family does not remove: zeroed in place
@@ -113,6 +113,8 @@ def slim(model: nn.Module, variables, masks: Mapping,
       {k: jnp.asarray(v) for k, v in edit.apply(c).items()}, sep='.')
          for c in flat}
   removed = {k: n for k, n in edit.removed.items() if n}
+  if family is _chain:
+    _check_chain(model, variables, masks, new_model, out, found, input_shape)
   return Slimmed(new_model, out, removed, dict(edit.kept),
                  {k: edit.reasons[k] for k in edit.kept})
 
@@ -374,6 +376,110 @@ def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
   if model.block_mlp_dims is not None or any(m != model.mlp_dim for m in mlp):
     new['block_mlp_dims'] = tuple(mlp)
   return model.clone(**new)
+
+
+# Plain flax models -------------------------------------------------------------
+
+_MIXING = (Kind.SUM, Kind.LAYER_NORM, Kind.ATTENTION, Kind.SOFTMAX,
+           Kind.QUERY_KEY, Kind.ATTENTION_VALUE)
+
+
+class Narrowed(nn.Module):
+  """A plain flax ``model`` whose convs and dense layers ``features``
+  (``((path, output channels), ...)``) are narrower; its variables are the
+  model's, at the same paths, with those layers' arrays narrowed."""
+
+  model: nn.Module
+  features: tuple[tuple[str, int], ...] = ()
+
+  def setup(self):
+    nn.share_scope(self, self.model)  # the model's variables, not under 'model'
+
+  def __call__(self, *args, **kwargs):
+    features = dict(self.features)
+
+    def narrow(f, f_args, f_kwargs, context):
+      module = context.module
+      path = '.'.join(module.path)
+      if (context.method_name != '__call__' or path not in features
+          or not isinstance(module, (nn.Conv, nn.Dense))):
+        return f(*f_args, **f_kwargs)
+      bare = module.clone(parent=None, name=None, features=features[path])
+      if module.is_initializing() and not module.has_variable('params',
+                                                             'kernel'):
+        made = bare.init(module.make_rng('params'), *f_args, **f_kwargs)
+        for name, value in made['params'].items():
+          module.put_variable('params', name, value)
+      params = {n: module.get_variable('params', n) for n in ('kernel', 'bias')
+                if module.has_variable('params', n)}
+      return bare.apply({'params': params}, *f_args, **f_kwargs)
+
+    with nn.intercept_methods(narrow):
+      return self.model(*args, **kwargs)
+
+
+def _chain(model: nn.Module, edit: _Edit) -> nn.Module:
+  """A plain flax model whose convs and dense layers form a chain, each
+  read by the next alone through elementwise operations, BatchNorm, pooling
+  or a flatten: each loses its pruned units and the next its inputs."""
+  name = type(model).__name__
+  for op in edit.found.leaves:
+    if op.kind in _MIXING:
+      raise NotImplementedError(
+          f'slim cannot remove units of a plain flax model through '
+          f'{op.path!r} ({op.type_name}) of {name}: it removes them from a '
+          'chain of convs and dense layers only; evaluate the model masked '
+          '(prune.sweep.masked_apply)')
+  linear = [op.path for op in edit.found.of_kind(Kind.CONV, Kind.DENSE)]
+  params = edit.flat['params']
+  features = []
+  for layer, reader in zip(linear, linear[1:]):
+    keep, last = _nonempty(~edit.mask(layer))
+    width, rows = (params[f'{layer}.kernel'].shape[-1],
+                   params[f'{reader}.kernel'].shape[-2])
+    if rows == width:
+      read = keep
+    elif rows % width == 0 and rows > width:
+      between = edit.found.leaves[
+          edit.found.leaves.index(edit.found.op(layer)):
+          edit.found.leaves.index(edit.found.op(reader))]
+      channel_major = any(op.kind is Kind.RESHAPE for op in between)
+      # layers.Flatten is (C, H, W)-major as torch's; a jax reshape of NHWC
+      # is (H, W, C)-major.
+      read = (np.repeat(keep, rows // width) if channel_major
+              else np.tile(keep, rows // width))
+    else:
+      raise NotImplementedError(
+          f'slim cannot remove units of {layer!r} in {name}: {reader!r} reads '
+          f'{rows} inputs of its {width} outputs (a grouped or depthwise '
+          'conv, or another layer between them); evaluate the model masked '
+          '(prune.sweep.masked_apply)')
+    edit.zero_outputs(layer, last, _EMPTY)
+    edit.count(layer, ~keep)
+    edit.outputs(layer, keep)
+    edit.inputs(reader, read)
+    if not keep.all():
+      features.append((layer, int(keep.sum())))
+  return Narrowed(model, tuple(features))
+
+
+def _check_chain(model, variables, masks, small, small_variables, found,
+                 input_shape):
+  """Plain jax functions (a residual ``+``, a reshape) are invisible to
+  the structure: the slim model must give the masked model's logits on a
+  random input, or the chain was not one."""
+  from pxp_jax.prune import sweep  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=input_shape),
+                  jnp.float32)
+  ref = np.asarray(sweep.masked_apply(model, variables, x, masks, found))
+  out = np.asarray(small.apply(small_variables, x))
+  scale = max(float(np.max(np.abs(ref))), 1e-6)
+  if out.shape != ref.shape or np.max(np.abs(out - ref)) / scale > 1e-4:
+    raise NotImplementedError(
+        f'slim cannot remove units of {sorted(masks)} in '
+        f'{type(model).__name__}: its layers are not a chain (a residual sum '
+        'or a reshape written as a jax function mixes their channels); '
+        'evaluate the model masked (prune.sweep.masked_apply)')
 
 
 # Size and speed -----------------------------------------------------------------

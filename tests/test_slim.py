@@ -298,16 +298,68 @@ def test_bad_masks_are_errors(digits):
     pxp_jax.slim(model, variables, {'conv1': np.full(16, 0.5)})
 
 
+# Plain flax models ------------------------------------------------------------
+
+
 class _PlainCNN(nn.Module):
+  """conv-BN-ReLU, max pooling, conv-ReLU, an NHWC reshape, two dense
+  layers: a chain, written with flax's modules and jax functions."""
+
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(4, (3, 3), name='conv')(x))
+    x = nn.relu(nn.BatchNorm(use_running_average=True, name='bn')(
+        nn.Conv(6, (3, 3), name='conv1')(x)))
+    x = nn.max_pool(x, (4, 4), strides=(4, 4))
+    x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2), name='conv2')(x))
+    x = nn.relu(nn.Dense(12, name='fc1')(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10, name='fc2')(x)
+
+
+class _PlainResidual(nn.Module):
+  """A residual ``+`` as a jax function: invisible to the structure."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), name='conv1')(x))
+    x = x + nn.Conv(4, (3, 3), name='conv2')(x)
     return nn.Dense(10, name='fc')(x.mean((1, 2)))
 
 
-def test_plain_flax_model_is_named_in_the_error(digits):
+class _Depthwise(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), name='conv1')(x))
+    x = nn.Conv(4, (3, 3), feature_group_count=4, name='depthwise')(x)
+    return nn.Dense(10, name='fc')(x.mean((1, 2)))
+
+
+def test_plain_flax_chain(digits):
   x, _ = digits
   model = _PlainCNN()
-  variables = _random_variables(model, x)
-  with pytest.raises(NotImplementedError, match="'conv' in _PlainCNN"):
-    pxp_jax.slim(model, variables, {'conv': np.array([1, 0, 1, 1])})
+  variables = _random_variables(model, x, 3)
+  masks = {'conv1': np.array([1, 0, 1, 1, 0, 1], np.float32),
+           'conv2': np.array([0, 1, 1, 1, 1, 1, 0, 1], np.float32),
+           'fc1': np.r_[np.zeros(5), np.ones(7)].astype(np.float32)}
+  small = pxp_jax.slim(model, variables, masks)
+  _check_logits(model, variables, x, masks, small)
+  assert small.removed == {'conv1': 2, 'conv2': 2, 'fc1': 5}
+  assert small.kept_masked == {}
+  flat = _flat(small.variables)
+  # conv2's 6 channels over 4x4 positions, NHWC order, feed fc1
+  assert flat['fc1.kernel'].shape == (16 * 6, 7)
+  assert _params(small.variables) < _params(variables)
+
+
+def test_plain_flax_models_that_are_not_chains(digits):
+  x, _ = digits
+  model = _PlainResidual()
+  variables = _random_variables(model, x, 4)
+  masks = {'conv1': np.array([0, 1, 1, 1], np.float32),
+           'conv2': np.array([1, 0, 1, 1], np.float32)}
+  with pytest.raises(NotImplementedError, match='not a chain'):
+    pxp_jax.slim(model, variables, masks)
+  model = _Depthwise()
+  variables = _random_variables(model, x, 5)
+  with pytest.raises(NotImplementedError, match="'depthwise' reads 1 inputs"):
+    pxp_jax.slim(model, variables, {'conv1': np.array([0, 1, 1, 1])})
