@@ -343,6 +343,8 @@ def _vgg(model: vgg.VGG, edit: _Edit) -> nn.Module:
 
 _TOKEN_WIDTH = ('writes the token width, which every LayerNorm reads whole '
                 'and every block adds to')
+_QKV = ('a query, key or value channel of a head: the heads of a block keep '
+        'one width (prune heads to remove them)')
 
 
 def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
@@ -368,8 +370,10 @@ def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
     edit.inputs(f'blocks.{i}.mlp.fc2', ~gone)
     mlp.append(int((~gone).sum()))
   for key, unit in edit.units.items():
-    if key in edit.pruned and unit.type != 'heads' and key not in edit.handled:
-      edit.zero_outputs(key, edit.mask(key), _TOKEN_WIDTH)
+    if (key in edit.pruned and unit.type not in ('heads', 'output')
+        and key not in edit.handled):
+      edit.zero_outputs(key, edit.mask(key), _QKV if key.endswith('.qkv')
+                        else _TOKEN_WIDTH)
   new = {}
   if model.block_heads is not None or any(h != model.num_heads for h in heads):
     new['block_heads'] = tuple(heads)

@@ -268,14 +268,20 @@ def test_vit_block_without_heads_keeps_its_residual_path(digits):
   masks = {'blocks.1.attn': np.zeros(4, np.float32),
            'blocks.2.attn': np.array([1, 0, 1, 0], np.float32),
            'blocks.3.mlp.fc1': np.zeros(128, np.float32),
-           'patch_embed.proj': np.r_[np.zeros(3), np.ones(61)]}
+           'patch_embed.proj': np.r_[np.zeros(3), np.ones(61)],
+           # projections and logits: masked in place
+           'blocks.2.attn.qkv': np.r_[np.zeros(4), np.ones(188)],
+           'head': np.r_[0, np.ones(9)]}
   small = pxp_jax.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   assert small.model.block_heads == (4, 0, 2, 4)
   assert small.model.block_mlp_dims == (128, 128, 128, 0)
   assert small.removed == {'blocks.1.attn': 4, 'blocks.2.attn': 2,
                            'blocks.3.mlp.fc1': 128}
-  assert small.kept_masked == {'patch_embed.proj': 3}
+  assert small.kept_masked == {'patch_embed.proj': 3, 'blocks.2.attn.qkv': 4,
+                               'head': 1}
+  assert 'token width' in small.reasons['patch_embed.proj']
+  assert 'logit' in small.reasons['head']
   flat = _flat(small.variables)
   assert flat['blocks.1.attn.qkv.kernel'].shape == (64, 0)
   assert flat['blocks.1.attn.proj.kernel'].shape == (0, 64)
