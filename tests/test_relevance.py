@@ -38,6 +38,9 @@ def _epsilon_everywhere(eps):
 
 @pytest.fixture(autouse=True)
 def _float64(x64):
+  """x64 on: tests that compare two programs give float64 inputs, so that
+  no float32 rounding difference between programs flips a stabiliser's sign
+  (``z + eps * sign(z)`` at z ~ 0) and moves relevance."""
   del x64
 
 
@@ -47,6 +50,7 @@ def test_cnn_conserves_relevance_end_to_end(name):
   result = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
                              _epsilon_everywhere(1e-12))
   totals = attribution.conservation(result)
+  # float64; eps = 1e-12 against denominators ~1e-3 and up absorbs < 1e-8
   np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-6)
   if name == 'vgg_tiny':  # a chain: every layer holds all the relevance
     for path in structure.trace(model, variables, x.shape).units():
@@ -64,7 +68,9 @@ def test_vit_conserves_relevance_with_cp_lrp():
   result = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
                              composites.cp_lrp(eps=1e-12))
   totals = attribution.conservation(result)
+  # float64; the eps = 1e-12 of ~20 layers, and rounding, at the input
   np.testing.assert_allclose(totals['input'], 1.0, rtol=1e-8)
+  # the head alone: one float64 division
   np.testing.assert_allclose(totals['head'], 1.0, rtol=1e-12)
 
 
@@ -124,6 +130,7 @@ def test_units_cover_filters_neurons_and_heads():
                                composites.attn_lrp(), absolute_tokens=True)
   signed, summed_abs = (result.units['blocks.1.mlp.fc1'],
                         absolute.units['blocks.1.mlp.fc1'])
+  # |sum| <= sum |.| up to float32 rounding of sums of ~1e-2-sized terms
   assert np.all(summed_abs >= np.abs(signed) - 1e-6)
   model, variables, x = _model('resnet_tiny')
   result = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
@@ -142,7 +149,7 @@ def _count_traces(monkeypatch):
 
 def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
   traces = _count_traces(monkeypatch)
-  model, variables, x = _model('resnet_tiny')
+  model, variables, x = _model('resnet_tiny', jnp.float64)
   targets = jnp.array([0, 1])
   base = composites.pxp_groups()
   variants = [
@@ -162,8 +169,9 @@ def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
   # The default, fixed-rule programs give the same relevance.
   for composite, dynamic in zip(variants, outputs):
     fixed = pxp_jax.attribute(model, variables, x, targets, composite).input
-    np.testing.assert_allclose(fixed, dynamic, rtol=1e-4,
-                               atol=1e-5 * np.abs(dynamic).max())
+    # float64 rounding of two programs of the same formulas
+    np.testing.assert_allclose(fixed, dynamic, rtol=1e-9,
+                               atol=1e-12 * np.abs(dynamic).max())
 
 
 def test_fixed_rules_recompile_only_for_a_new_rule(monkeypatch):
@@ -243,16 +251,20 @@ def test_zero_denominator_is_reported():
 
 
 def test_attribute_runs_under_jit_and_vmap():
-  model, variables, x = _model('resnet_tiny')
+  model, variables, x = _model('resnet_tiny', jnp.float64)
   comp = composites.epsilon_plus()
   direct = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]), comp)
   jitted = jax.jit(lambda v, a, t, c: pxp_jax.attribute(model, v, a, t, c))(
       variables, x, jnp.array([0, 1]), comp)
-  np.testing.assert_allclose(jitted.input, direct.input, rtol=1e-5, atol=1e-7)
+  scale = float(np.abs(direct.input).max())
+  # float64 rounding of differently compiled (and batched) convolutions
+  np.testing.assert_allclose(jitted.input, direct.input, rtol=1e-9,
+                             atol=1e-12 * scale)
   per_sample = jax.vmap(
       lambda a, t: pxp_jax.attribute(model, variables, a[None], t[None],
                                      comp).input[0])(x, jnp.array([0, 1]))
-  np.testing.assert_allclose(per_sample, direct.input, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(per_sample, direct.input, rtol=1e-9,
+                             atol=1e-12 * scale)
 
 
 _SHARDED = r'''
@@ -261,9 +273,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import pxp_jax
 from pxp_jax import composites, models
 assert len(jax.devices()) == 4
+# float64: per-device batches of 2 may round their convolutions differently
+# from one batch of 8, and in float32 that can flip a stabiliser's sign
+jax.config.update('jax_enable_x64', True)
 model = models.create('resnet_tiny')
-x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-variables = model.init(jax.random.key(0), x)
+x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3), jnp.float64)
+variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                         model.init(jax.random.key(0), x))
 targets = jnp.arange(8) % 10
 comp = composites.epsilon_plus()
 plain = pxp_jax.attribute(model, variables, x, targets, comp)
@@ -271,11 +287,12 @@ mesh = Mesh(np.array(jax.devices()), ('batch',))
 put = lambda a: jax.device_put(a, NamedSharding(mesh, P('batch')))
 sharded = pxp_jax.attribute(model, variables, put(x), put(targets), comp)
 assert len(sharded.input.sharding.device_set) == 4
-np.testing.assert_allclose(sharded.input, plain.input, rtol=1e-4,
-                           atol=1e-6 * float(jnp.abs(plain.input).max()))
+# float64 rounding of the same formulas on other batch sizes
+np.testing.assert_allclose(sharded.input, plain.input, rtol=1e-9,
+                           atol=1e-12 * float(jnp.abs(plain.input).max()))
 for k in plain.units:
-  np.testing.assert_allclose(sharded.units[k], plain.units[k], rtol=1e-4,
-                             atol=1e-5 * float(jnp.abs(plain.units[k]).max()))
+  np.testing.assert_allclose(sharded.units[k], plain.units[k], rtol=1e-9,
+                             atol=1e-12 * float(jnp.abs(plain.units[k]).max()))
 print('sharded ok')
 '''
 
