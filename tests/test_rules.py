@@ -3,6 +3,10 @@
 The references spell out the contributions ``z_ij`` of input i to output j
 and distribute ``R_j`` in proportion, as the LRP papers and zennit define the
 rules; the library computes the same with transposed products instead.
+Both run in float64, and the seeded layers keep every output (with and
+without bias) well away from 0, where the stabiliser's sign and Gamma's
+``y > 0`` switch: numpy and XLA round the sums differently, but no sign can
+flip. Tolerances are float64 rounding of the same sums in another order.
 """
 
 import jax
@@ -18,6 +22,15 @@ from pxp_jax.lrp import op_rules
 @pytest.fixture(autouse=True)
 def _float64(x64):
   del x64
+
+
+def _away_from_zero(*outputs, margin=1e-3):
+  """Fails if a seeded output is within ``margin`` of 0 (see above)."""
+  for y in outputs:
+    smallest = float(np.abs(y).min())
+    assert smallest > margin, (
+        f'a seeded output is {smallest:.1e} from 0, where a rule switches '
+        'sign: change the seed')
 
 
 def _stab(z, eps):
@@ -80,6 +93,8 @@ def _layer():
   w = rng.normal(size=(7, 5))
   b = rng.normal(size=5) * 0.3
   r = rng.normal(size=5)
+  _away_from_zero(x @ w + b, x @ w, np.maximum(x, 0) @ w + b,
+                  np.maximum(x, 0) @ w, np.abs(x) @ w + b)
   return x, w, b, r
 
 
@@ -114,6 +129,7 @@ def test_gamma_zero_is_epsilon_and_large_gamma_approaches_zplus(layer):
                              rtol=1e-10)
   # ... for outputs with y > 0 (where y < 0 Gamma follows the negative part)
   r = np.where(x @ w + b > 0, r, 0.0)
+  # not rounding: Gamma differs from z+ by O(1 / gamma) = 1e-6
   np.testing.assert_allclose(_ours('gamma', x, w, b, r, 1e-6, gamma=1e6),
                              _ours('zplus', x, w, b, r, 1e-6), rtol=1e-4,
                              atol=1e-6)
@@ -145,6 +161,7 @@ def test_conv_rule_equals_dense_rule_on_the_conv_matrix(name):
       a, kern, (1, 1), ((1, 1), (1, 1)),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   y = conv(x, k) + b
+  _away_from_zero(y)
   r = rng.normal(size=y.shape)
   # The explicit matrix of the conv (inputs x outputs) and of its |.|+ parts.
   matrix = jax.jacobian(lambda a: conv(a.reshape(x.shape), k).ravel())(
