@@ -130,7 +130,7 @@ def test_units_cover_filters_neurons_and_heads():
                                composites.attn_lrp(), absolute_tokens=True)
   signed, summed_abs = (result.units['blocks.1.mlp.fc1'],
                         absolute.units['blocks.1.mlp.fc1'])
-  # |sum| <= sum |.| up to float32 rounding of sums of ~1e-2-sized terms
+  # |sum| <= sum |.| up to float32 rounding (these relevances are below 1)
   assert np.all(summed_abs >= np.abs(signed) - 1e-6)
   model, variables, x = _model('resnet_tiny')
   result = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
