@@ -11,6 +11,10 @@ integrated gradients). The reductions of a ViT's neurons (per token) and
 heads (over keys, per query) are checked on a tiny ViT against gradients
 taken directly with flax's method interception. Every call scores more
 samples than ``batch_size``, so the padded last batch is exercised.
+
+Gradients jump where a max-pooling window ties or a ReLU input crosses 0, so
+the ResNet's seeded inputs (and every scaled input of integrated gradients)
+are checked to keep a margin from both (``ties``); the ViT has neither.
 """
 
 import dataclasses
@@ -23,12 +27,15 @@ import pytest
 
 from pxp_jax import convert, models, structure
 from pxp_jax.prune import criteria
+import ties  # pylint: disable=g-bad-import-order
 import torch_twins  # pylint: disable=g-bad-import-order
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 
-TOL = 1e-9  # max relative error (to the largest score of the layer)
+# max relative error (to the largest score of the layer): float64 rounding
+# (about 1e-14 seen), no tie to flip (margins checked)
+TOL = 1e-9
 SIZE, LABELS = 32, np.array([3, 917, 42])
 BATCH = 2  # < len(LABELS): the last batch is padded
 
@@ -59,8 +66,13 @@ def resnet():
                                               torch_model.state_dict())
   variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
   x = np.random.default_rng(0).normal(size=(len(LABELS), SIZE, SIZE, 3))
+  ties.check(ties.torch_gaps(torch_model, _nchw(x)))
   filters = structure.trace(model, variables, x.shape).units('filters')
   return torch_model, model, variables, x, filters
+
+
+def _nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def _torch_outputs(torch_model, x, backward, modules):
@@ -167,6 +179,7 @@ def test_integrated_gradients_against_torch(resnet, x64, form):
   steps = 20
   averaged = {}
   for alpha in torch.linspace(1.0 / steps, 1.0, steps, dtype=torch.float64):
+    ties.check(ties.torch_gaps(torch_model, _nchw(float(alpha) * x)))
     found = _torch_outputs(torch_model, float(alpha) * x, _label_logits,
                            convs)
     for path, (_, g) in found.items():
@@ -298,6 +311,7 @@ def test_one_program_for_any_sample_count(vit, monkeypatch, x64):
   assert len(traces) == 1  # 2 batches, the second padded: 1 trace
   whole = criterion.score(model, variables, x, labels, units, batch_size=3)
   for k in units:
+    # float64 sums of the same scores in other batches
     np.testing.assert_allclose(padded[k], whole[k], rtol=1e-12)
 
 
@@ -329,6 +343,7 @@ def test_conductance_is_the_same_before_and_after_a_batchnorm(x64):
 
   before, after = conductance(True), conductance(False)
   for k in filters:
+    # float64 rounding: the BatchNorm's scale and its inverse cancel
     np.testing.assert_allclose(before[k], after[k], rtol=1e-10)
 
 
