@@ -81,6 +81,7 @@ def test_softmax_zplus_matches_the_reference_oracle(x64, shape, virtual_bias):
       scale_of_row = np.abs(oracle).max(-1, keepdims=True)
       difference = np.abs(ours - oracle) / np.maximum(scale_of_row, 1e-300)
       worst = max(worst, float(difference.max()))
+      # float64 rounding of the closed form against the literal sums
       np.testing.assert_allclose(ours, oracle, rtol=1e-12,
                                  atol=1e-12 * float(scale_of_row.min()),
                                  err_msg=f'scale {scale}, signed {signed}')
@@ -97,6 +98,8 @@ def test_softmax_zplus_in_float32_is_close_to_the_oracle():
   for virtual_bias in (0.0, 1.0):
     ours = _ours(jnp.asarray(x), jnp.asarray(r), virtual_bias)
     assert ours.dtype == np.float32
+    # float32 rounding of the closed form's sums against the float64 oracle;
+    # a softmax has no ties or switches to flip
     np.testing.assert_allclose(ours, _oracle(x, r, virtual_bias), rtol=2e-4,
                                atol=1e-6)
 
@@ -112,6 +115,7 @@ def test_virtual_bias_matters_and_relevance_stays_non_negative(x64):
   # negligible against every den_j); the bias absorbs some of it.
   r = jax.nn.softmax(x, -1) * r  # as relevance arrives: R = S * g
   plain, biased = _ours(x, r, 0.0, 1e-14), _ours(x, r, 1.0, 1e-14)
+  # float64; eps = 1e-14 absorbs ~1e-14 of each row
   np.testing.assert_allclose(plain.sum(-1), np.asarray(r).sum(-1), rtol=1e-8)
   assert np.all(biased.sum(-1) <= np.asarray(r).sum(-1) * (1 + 1e-12))
   assert np.any(biased.sum(-1) < 0.99 * np.asarray(r).sum(-1))
@@ -176,6 +180,8 @@ def test_vit_attributes_with_every_attention_rule():
     ours = results[attention]
     # Above the last softmax nothing changes ...
     for key in ('blocks.1.attn', 'blocks.1.mlp.fc1'):
+      # float32 rounding of two programs; the ViT (GELU, softmax, no
+      # pooling or ReLU) has no tie or switch that rounding could flip
       np.testing.assert_allclose(ours.units[key], reference.units[key],
                                  rtol=1e-5, atol=1e-7)
     # ... below it the relevance differs.
