@@ -45,6 +45,25 @@ def _gradient_x_input(model, variables, x, labels, baseline=0.0):
 # Region perturbation ---------------------------------------------------------
 
 
+def _patches_apart(relevance, patch_size, margin=1e-4):
+  """Fails if two patches' summed relevance (float64, patches as
+  ``patch_ids``; ``relevance`` NHW or NHWC) are within ``margin`` of the
+  largest |sum|. Sums of float32 values round differently in each
+  implementation (~1e-7 of the largest), and two patches that near-tie
+  could then be perturbed in either order, which changes the curves of a
+  model that does not follow the heatmap by O(1)."""
+  relevance = np.asarray(relevance, np.float64)
+  maps = relevance.sum(-1) if relevance.ndim == 4 else relevance
+  ids = faithfulness.patch_ids(*maps.shape[1:], patch_size).ravel()
+  for n, heat in enumerate(maps):
+    sums = np.sort(np.bincount(ids, weights=heat.ravel()))
+    gap = float(np.diff(sums).min() / np.abs(sums).max())
+    assert gap > margin, (
+        f'image {n}: two patches\' relevance sums differ by {gap:.1e} of the '
+        f'largest (< {margin}); their order could differ between '
+        'implementations: change the seed')
+
+
 def test_linear_model_by_hand():
   # One 2x2 grey image, contributions w * x = (1, -2, 3, 0.5) of class 0.
   model, variables = _linear(np.array([[1, 0], [-2, 0], [3, 0], [0.5, 0]]),
@@ -90,6 +109,8 @@ def test_gradient_x_input_perturbs_in_the_order_of_the_contributions():
   drop = np.cumsum(-np.sort(-patches, 1), 1)
   expected = morf.logit[:, :1] - np.concatenate(
       [np.zeros((4, 1)), drop], 1)
+  # float32 rounding; a near-tie swap of two patches moves the linear
+  # model's curve only by their difference, so no order can flip it
   np.testing.assert_allclose(morf.logit, expected, atol=1e-4)
   # MoRF is the greedy order of an additive model: the largest AOPC of all
   # orders; LeRF the smallest; a random order lies between.
@@ -118,6 +139,7 @@ def test_curves_match_an_explicit_loop_of_model_calls():
   labels = np.array([3, 5, 7])
   relevance = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
   baseline = np.array([-0.5, -1.0, -1.5], np.float32)
+  _patches_apart(relevance, 5)
   classes = (3, 5, 7, 9)
   ours = faithfulness.perturbation_curves(
       model, variables, x, labels, relevance, patch_size=5, order='lerf',
@@ -144,6 +166,8 @@ def test_curves_match_an_explicit_loop_of_model_calls():
     soft /= soft.sum(1, keepdims=True)
     logits.append(row_logits[:, labels[n]])
     probs.append(soft[:, classes.index(labels[n])])
+  # float32 rounding of batched and single-image convolutions (logits ~10),
+  # with the same patch order (checked apart above)
   np.testing.assert_allclose(ours.logit, logits, atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(ours.probability, probs, atol=1e-5)
 
@@ -207,7 +231,9 @@ def test_bad_arguments_are_clear_errors():
 def test_region_perturbation_and_pixel_flipping_match_quantus():
   """Our curves against Quantus's RegionPerturbation and PixelFlipping on a
   torchvision ResNet-18 (random weights) and its converted twin, with the
-  same heatmaps, baseline and order (float32 on both sides)."""
+  same heatmaps, baseline and order (float32 on both sides: Quantus feeds
+  the model float32; logits are continuous, and the heatmaps' patch sums
+  are checked apart, so only rounding of the logits is compared)."""
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
   quantus = pytest.importorskip('quantus')
@@ -223,6 +249,7 @@ def test_region_perturbation_and_pixel_flipping_match_quantus():
   for size, softmax in ((16, False), (16, True), (18, False)):
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     heat = rng.normal(size=(2, size, size)).astype(np.float32)
+    _patches_apart(heat, 4)
     ours = faithfulness.perturbation_curves(model, variables, x, labels,
                                             heat, patch_size=4,
                                             baseline=-1.5)
@@ -236,11 +263,14 @@ def test_region_perturbation_and_pixel_flipping_match_quantus():
         device='cpu'))  # f(x) - f(x_k), k = 1..K
     curve = np.asarray(ours.probability if softmax else ours.logit)
     mine = curve[:, :1] - curve[:, 1:]
+    # float32 rounding of two implementations' convolutions (~1e-6 seen)
     np.testing.assert_allclose(mine, theirs, atol=2e-5 * np.abs(curve).max())
     worst = max(worst, np.abs(mine - theirs).max() / np.abs(curve).max())
   # Pixel flipping: Quantus sorts features, one pixel = its 3 channels.
   x = rng.normal(size=(2, 9, 9, 3)).astype(np.float32)
   heat = rng.normal(size=(2, 9, 9)).astype(np.float32)
+  # one pixel per patch: both sides sort the same float32 values, no sums
+  _patches_apart(heat, 1, margin=0)
   ours = faithfulness.perturbation_curves(model, variables, x, labels, heat,
                                           patch_size=1, baseline=0.0)
   metric = quantus.PixelFlipping(features_in_step=3, abs=False,
@@ -250,6 +280,7 @@ def test_region_perturbation_and_pixel_flipping_match_quantus():
       model=twin, x_batch=x.transpose(0, 3, 1, 2), y_batch=labels,
       a_batch=np.repeat(heat[:, None], 3, 1), channel_first=True,
       softmax=False, device='cpu'))  # f(x_k), k = 1..K
+  # float32 rounding of two implementations' convolutions
   np.testing.assert_allclose(ours.logit[:, 1:], theirs,
                              atol=2e-5 * np.abs(theirs).max())
   worst = max(worst, np.abs(ours.logit[:, 1:] - theirs).max()
@@ -288,11 +319,13 @@ def test_similarities_match_scipy_with_ties():
                        (faithfulness.pearson, stats.pearsonr)):
     expected = [theirs(a[i].ravel(), b[i].ravel()).statistic
                 for i in range(3)]
+    # float32 statistics of 30 values against scipy's float64; exact ties
     np.testing.assert_allclose(ours(a, b), expected, rtol=1e-5)
   np.testing.assert_allclose(faithfulness.ranks(a[:1]),
                              stats.rankdata(a[0].ravel())[None])
   cos = np.sum(a * b, (1, 2)) / np.sqrt(np.sum(a * a, (1, 2))
                                         * np.sum(b * b, (1, 2)))
+  # float32 against numpy's float32 sums of 30 products
   np.testing.assert_allclose(faithfulness.cosine(a, b), cos, rtol=1e-5)
   zero = np.zeros_like(a)
   np.testing.assert_array_equal(faithfulness.pearson(a, zero), 0)
