@@ -8,7 +8,10 @@ A checkpoint is a folder::
 
 ``load("resnet_digits")`` finds the checkpoints shipped in the repository's
 ``checkpoints/`` folder (or in ``$PXP_JAX_CHECKPOINTS``); ``load(path)`` reads
-any such folder.
+any such folder. A slim model (``pxp_jax.slim``) keeps its per-layer widths
+in ``overrides`` (ResNet ``widths``, VGG ``config`` and ``hidden``, ViT
+``block_heads`` and ``block_mlp_dims``); ``save_model`` finds its registry
+name and overrides itself.
 """
 
 from __future__ import annotations
@@ -68,15 +71,34 @@ def save(path: str | os.PathLike, model_name: str, variables: Any, *,
   if (path / RECIPE).exists():
     raise FileExistsError(f'{path} already holds a checkpoint; choose another '
                           'folder or delete it first')
-  models.create(model_name, num_classes, **dict(overrides or {}))  # validates
+  overrides = _from_json(_to_json(dict(overrides or {})))
+  models.create(model_name, num_classes, **overrides)  # validates
   path.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path / VARIABLES, jax.tree.map(np.asarray, variables))
   recipe = dict(model=model_name, num_classes=num_classes,
-                overrides=dict(overrides or {}), **metadata)
+                overrides=_to_json(overrides), **metadata)
   if distribute.is_primary():
     (path / RECIPE).write_text(json.dumps(recipe, indent=2) + '\n')
   return path
+
+
+def save_model(path: str | os.PathLike, model, variables, **metadata
+               ) -> pathlib.Path:
+  """``save`` of a built model: its registry name and the attributes that
+  differ from that entry's (``models.describe``), e.g. a slim model's
+  per-layer widths.
+
+  Example::
+
+    small = pxp_jax.slim(model, variables, masks)
+    checkpoints.save_model('pruned', small.model, small.variables,
+                           preprocess=..., dataset='digits')
+    model, variables = checkpoints.load('pruned')
+  """
+  name, overrides = models.describe(model)
+  return save(path, name, variables, num_classes=model.num_classes,
+              overrides=overrides, **metadata)
 
 
 def recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
@@ -96,13 +118,40 @@ def load(name_or_path: str | os.PathLike):
   """
   path = _resolve(name_or_path)
   spec = recipe(path)
-  model = models.create(spec['model'], spec['num_classes'], **spec['overrides'])
+  model = models.create(spec['model'], spec['num_classes'],
+                        **_from_json(spec['overrides']))
   size = spec.get('preprocess', {}).get('crop_size', 224)
   target = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1, size, size, 3), jnp.float32))
   with ocp.StandardCheckpointer() as ckptr:
     variables = ckptr.restore(path / VARIABLES, target)
   return model, variables
+
+
+def _to_json(value):
+  """Overrides as JSON values: tuples become lists, numpy scalars numbers
+  (a slim model's widths)."""
+  if isinstance(value, Mapping):
+    return {str(k): _to_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  raise TypeError(f'override {value!r} ({type(value).__name__}) cannot be '
+                  'written to model.json: give numbers, strings and tuples '
+                  'of them')
+
+
+def _from_json(value):
+  """JSON lists back to the tuples model attributes are (flax modules hash
+  their attributes; ``widths=(('conv1', 12), ...)``)."""
+  if isinstance(value, Mapping):
+    return {k: _from_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_from_json(v) for v in value)
+  return value
 
 
 def _resolve(name_or_path) -> pathlib.Path:

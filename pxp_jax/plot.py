@@ -1,5 +1,6 @@
 """Pictures of relevance as PNG: input heatmaps, accuracy-vs-rate curves,
-perturbation curves (faithfulness) and heatmap stability under pruning.
+perturbation curves (faithfulness), heatmap stability under pruning and
+accuracy against the size of slim models.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved directly, so no
 display and no pyplot backend is needed (and a notebook's backend is left
@@ -152,6 +153,40 @@ def stability(path: str | os.PathLike, rates, similarities: dict, *,
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return str(path)
+
+
+def sizes(path: str | os.PathLike, curves: dict, *, dense, title: str) -> str:
+  """Writes accuracy against parameters and against FLOPs of slim models as
+  PNG, one line per criterion (one point per pruning rate).
+
+  Args:
+    path: the PNG file to write.
+    curves: criterion -> ``(parameters, flops, accuracy)`` per rate.
+    dense: ``(parameters, flops, accuracy)`` of the unpruned model (a star).
+    title: a title over the figure.
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
+  for ax, i, label, scale in ((axes[0], 0, 'parameters (thousands)', 1e3),
+                              (axes[1], 1, 'MFLOPs per batch', 1e6)):
+    for name, values in curves.items():
+      ax.plot(np.asarray(values[i], float) / scale, values[2], marker='.',
+              label=name)
+    ax.plot([dense[i] / scale], [dense[2]], marker='*', ms=10, ls='',
+            color='black', label='unpruned')
+    ax.axhline(dense[2] * 0.95, color='gray', ls=':', lw=1,
+               label='95% of unpruned')
+    ax.set_xlabel(label)
+    ax.set_ylabel('top-1 accuracy')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   return str(path)

@@ -4,7 +4,10 @@
 (the config is described in ``experiments/configs/prune.py``) and writes
 into ``workdir``: ``config.json``, ``scores/<criterion>`` (orbax, reused by a
 re-run), ``results.json``, ``results.csv``, ``curve.png`` and
-``heatmaps.png``; with ``config.stability`` ``stability.json`` and
+``heatmaps.png``; with ``config.slim`` (default: lrp) a ``size`` entry
+per slimmed criterion in results.json and ``size.png`` (``jobs.sizes``);
+with ``config.export_rate`` the slim LRP-pruned model in
+``pruned_<rate>``; with ``config.stability`` ``stability.json`` and
 ``stability.png`` (heatmaps of the model pruned by LRP at each rate against
 the unpruned model's), with ``config.faithfulness`` ``faithfulness.json``
 and ``faithfulness.png`` (region perturbation of the heatmaps).
@@ -22,7 +25,7 @@ import orbax.checkpoint as ocp
 
 import pxp_jax
 from pxp_jax import data, distribute, plot
-from pxp_jax.jobs import analyses, logs, report, task as task_lib
+from pxp_jax.jobs import analyses, logs, report, sizes, task as task_lib
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.prune import finetune, ranking
@@ -40,6 +43,7 @@ def prune(config, workdir) -> dict[str, Any]:
   if config.stability and 'lrp' not in config.criteria:
     raise ValueError('config.stability needs the lrp criterion (its masks '
                      f'prune the model), got criteria {config.criteria}')
+  sizes.check(config)
   workdir_lib.claim(workdir, config)
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
@@ -84,8 +88,12 @@ def prune(config, workdir) -> dict[str, Any]:
                  **distribute.describe(task.device_mesh))
   if config.fine_tune_steps:
     _fine_tune_all(config, task, masks, rates, results, log)
+  sizes.measure(task, masks, rates, config, results, log)
   report.write(workdir, 'results', results, xlabel=f'pruned {task.units_type} (%)',
                title=f'{config.model}: pruning without fine-tuning')
+  sizes.plot_sizes(workdir, results, f'{config.model}: slim models, '
+                   f'{results["split"]} accuracy without fine-tuning')
+  sizes.export(task, masks, rates, config, results, workdir, log)
   logs.write_pruning(tb, results)
   tb.close()
   if config.heatmaps:  # computed by every process, drawn by process 0
