@@ -1,0 +1,28 @@
+r"""Iterative PXP: prune a share of the units, fine-tune, re-score, repeat.
+
+  python -m experiments.iterative \
+      --config=experiments/configs/iterative.py:model=resnet_digits \
+      --workdir=DIR
+
+Writes DIR/results.json and iterative.png (accuracy against parameters:
+iterative LRP, iterative weight magnitude, one-shot LRP) and prints the
+table. Each round is saved in DIR/rounds; a re-run with the same config
+resumes after the last finished round.
+"""
+
+from absl import app
+
+from experiments import cli
+from pxp_jax.jobs import iterative
+
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(
+    'experiments/configs/iterative.py', 'Iterative pruning config.')
+
+
+def main(argv):
+  cli.start(argv)
+  iterative.iterative(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
