@@ -100,6 +100,7 @@ def test_adaptive_avg_pool_matches_torch():
   for out in [(7, 7), (2, 3), (1, 1), (9, 5)]:
     ours = layers.AdaptiveAvgPool(out).apply({}, jnp.asarray(x))
     ref = torch.nn.AdaptiveAvgPool2d(out)(torch.from_numpy(x).permute(0, 3, 1, 2))
+    # float32 means of <= 9 values ~1: rounding ~1e-7; no ties to flip
     np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(),
                                atol=1e-6)
 
@@ -107,7 +108,10 @@ def test_adaptive_avg_pool_matches_torch():
 @pytest.mark.parametrize('window,stride,padding', [(3, 2, 1), (2, 2, 0),
                                                    (3, 3, 0)])
 def test_max_pool_and_its_gradient_match_torch(window, stride, padding, x64):
-  """Values and winner-takes-all gradient, ties included (first maximum)."""
+  """Values and winner-takes-all gradient, ties included (first maximum).
+
+  The ties are exact (multiples of 0.5, no arithmetic before the pooling),
+  so both sides see the same values on any CPU."""
   del x64
   torch = pytest.importorskip('torch')
   rng = np.random.default_rng(0)
@@ -120,6 +124,7 @@ def test_max_pool_and_its_gradient_match_torch(window, stride, padding, x64):
   yt = torch.nn.functional.max_pool2d(xt, window, stride, padding)
   yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
   np.testing.assert_array_equal(y, yt.detach().permute(0, 2, 3, 1).numpy())
+  # float64 sums of the gradients routed to one input by overlapping windows
   np.testing.assert_allclose(vjp(jnp.asarray(g))[0],
                              xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-12)
 
@@ -142,6 +147,7 @@ def test_strided_conv_and_its_gradients_equal_lax(kernel, stride, padding,
                                        dimension_numbers=numbers), x, k)
     outs.append((y, *vjp(jnp.cos(y))))
   for ours, lax in zip(outs[1], outs[0]):
+    # float64 rounding of the same sums in another order
     np.testing.assert_allclose(ours, lax, rtol=1e-12, atol=1e-12)
 
 
