@@ -111,7 +111,7 @@ def test_prune_job_size_report_and_export(digits_dir, tmp_path):
   assert written['size']['device'] == jax.devices()[0].device_kind
   rates = list(config.rates)
   for name in ('lrp', 'weight'):
-    size = written['criteria'][name]['size']
+    size = written['size']['criteria'][name]
     assert all(len(v) == len(rates) for v in size.values())
     assert size['parameters'][0] == dense['parameters']
     assert size['parameters_ratio'][0] == size['flops_ratio'][0] == 1
@@ -138,7 +138,7 @@ def test_prune_job_size_report_and_export(digits_dir, tmp_path):
   assert recipe['source_checkpoint'] == 'resnet_digits'
   assert recipe['rate'] == 0.4 and recipe['criterion'] == 'lrp'
   assert recipe['accuracy'] == accuracy
-  lrp = written['criteria']['lrp']['size']
+  lrp = written['size']['criteria']['lrp']
   pruned_model, pruned_variables = checkpoints.load(folder)
   assert pruned_model.widths is not None
   assert sum(np.size(a) for a in jax.tree.leaves(

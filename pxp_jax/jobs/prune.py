@@ -5,7 +5,7 @@
 into ``workdir``: ``config.json``, ``scores/<criterion>`` (orbax, reused by a
 re-run), ``results.json``, ``results.csv``, ``curve.png`` and
 ``heatmaps.png``; with ``config.slim`` (default: lrp) a ``size`` entry
-per slimmed criterion in results.json and ``size.png`` (``jobs.sizes``);
+in results.json (per slimmed criterion, per-rate lists) and ``size.png`` (``jobs.sizes``);
 with ``config.export_rate`` the slim LRP-pruned model in
 ``pruned_<rate>``; with ``config.stability`` ``stability.json`` and
 ``stability.png`` (heatmaps of the model pruned by LRP at each rate against

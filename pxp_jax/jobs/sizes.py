@@ -2,7 +2,8 @@
 
 ``measure`` slims the model pruned by each criterion of ``config.slim`` at
 every rate (``pxp_jax.slim``: pruned units removed physically) and adds to
-each criterion's summary a ``size`` entry of per-rate lists: parameters,
+the results a ``size`` entry: the dense model's size, the device, and per
+criterion per-rate lists of parameters,
 FLOPs (XLA's cost analysis), median latency and throughput of a compiled
 forward pass on the job's default device, their ratios to the dense model's
 measured in the same run, and how many pruned units were removed and how
@@ -65,10 +66,11 @@ def _report(size: slim_lib.Size) -> dict:
 
 
 def measure(task, masks: Mapping, rates, config, results: dict, log) -> None:
-  """Adds ``results['size']`` (the dense model, the device, the batch) and
-  ``results['criteria'][name]['size']`` (per-rate lists) for every criterion
-  of ``config.slim``; a model ``slim`` cannot narrow is logged and left
-  without sizes."""
+  """Adds ``results['size']``: the dense model, the device, the batch and
+  ``criteria``, name -> per-rate lists, for every criterion of
+  ``config.slim`` (apart from ``results['criteria']``, whose accuracies a
+  re-run reproduces exactly, as latencies are not); a model ``slim`` cannot
+  narrow is logged and left without sizes."""
   if not config.slim:
     return
   variables = jax.device_get(task.variables)
@@ -79,7 +81,7 @@ def measure(task, masks: Mapping, rates, config, results: dict, log) -> None:
   results['size'] = dict(
       dense=_report(dense), device=dense.device,
       platform=jax.devices()[0].platform, machine=platform.machine(),
-      batch=config.size_batch, repeats=config.size_repeats)
+      batch=config.size_batch, repeats=config.size_repeats, criteria={})
   seen = {}  # the same masks (rate 0, a saturated ranking) measured once
   for name in config.slim:
     rows = masks[name][0]
@@ -108,7 +110,7 @@ def measure(task, masks: Mapping, rates, config, results: dict, log) -> None:
       out['speedup'].append(dense.latency_s / measured.latency_s)
       out['removed'].append(removed)
       out['kept_masked'].append(kept)
-    results['criteria'][name]['size'] = out
+    results['size']['criteria'][name] = out
     log(f'slimmed {name} at {len(rates)} rates')
 
 
@@ -117,8 +119,9 @@ def plot_sizes(workdir: pathlib.Path, results: dict, title: str) -> None:
   slim models (process 0 only)."""
   if 'size' not in results or not distribute.is_primary():
     return
-  curves = {name: (c['size']['parameters'], c['size']['flops'], c['accuracy'])
-            for name, c in results['criteria'].items() if 'size' in c}
+  curves = {name: (c['parameters'], c['flops'],
+                  results['criteria'][name]['accuracy'])
+            for name, c in results['size']['criteria'].items()}
   if not curves:
     return
   dense = results['size']['dense']
