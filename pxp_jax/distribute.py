@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -169,6 +170,17 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh,
   return {k: jax.make_array_from_process_local_data(
       sharding, np.asarray(v), (global_size, *np.shape(v)[1:]))
           for k, v in local.items()}
+
+
+def on_devices(batch: Mapping[str, np.ndarray], mesh: Mesh | None
+               ) -> dict[str, jax.Array]:
+  """A training batch as arrays: this process's rows made global over the
+  data axis of ``mesh`` (every process passes its own part), or as they
+  are without a mesh."""
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  size = len(next(iter(batch.values()))) * jax.process_count()
+  return global_batch(batch, mesh, size)
 
 
 def global_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh,

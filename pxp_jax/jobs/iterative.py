@@ -258,14 +258,9 @@ def _fine_tune(config, task, step_fn, params, frozen, opt_state, seed):
     params, opt_state, frozen = distribute.replicate(
         (params, opt_state, frozen), mesh)
   for _ in range(config.fine_tune_steps):
-    batch = next(batches)
-    if mesh is None:
-      x, t = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
-    else:
-      size = len(batch['label']) * jax.process_count()
-      arrays = distribute.global_batch(batch, mesh, size)
-      x, t = arrays['image'], arrays['label']
-    params, opt_state, _ = step_fn(params, frozen, opt_state, x, t)
+    batch = distribute.on_devices(next(batches), mesh)
+    params, opt_state, _ = step_fn(params, frozen, opt_state, batch['image'],
+                                   batch['label'])
   return params, opt_state
 
 

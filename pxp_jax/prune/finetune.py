@@ -49,14 +49,9 @@ def fine_tune(model, variables, masks: Mapping[str, jax.Array],
     params, state, frozen, masks = distribute.replicate(
         (params, state, frozen, masks), mesh)
   for _ in range(steps):
-    batch = next(batches)
-    if mesh is None:
-      images, labels = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
-    else:
-      size = len(batch['label']) * jax.process_count()
-      arrays = distribute.global_batch(batch, mesh, size)
-      images, labels = arrays['image'], arrays['label']
-    params, state, _ = step(params, frozen, state, masks, images, labels)
+    batch = distribute.on_devices(next(batches), mesh)
+    params, state, _ = step(params, frozen, state, masks, batch['image'],
+                            batch['label'])
   return {**variables, 'params': params}
 
 
