@@ -147,24 +147,18 @@ def test_every_criterion_scores_every_unit(criterion):
              for v in scores.values())
 
 
-def test_taylor_logit_equals_activation_times_gradient(x64):
+def test_taylor_logit_equals_activation_times_gradient():
   """The ``taylor_logit`` variant (the label logit's gradient after the
   BatchNorm, |.| per sample) against a direct computation at one conv; the
   default criteria are checked against torch in test_criteria.py. In
   float64: the two programs round differently, and in float32 a ReLU input
   within rounding of 0 could switch its gradient in one of them."""
-  del x64
   model, variables, x, found = _setup()
-  x = x.astype(jnp.float64)
-  variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
   units = {'layer1.0.conv1': found.units('filters')['layer1.0.conv1']}
   labels = np.arange(6) % 10
-  taylor = criteria.get('taylor_logit').score(
-      model, variables, np.asarray(x), labels, units,
-      batch_size=6)['layer1.0.conv1']
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
-  def logits_with(delta):
+  def logits_with(variables, x, delta):
     def add(f, args, kwargs, context):
       out = f(*args, **kwargs)
       if '.'.join(context.module.path) == 'layer1.0.bn1':
@@ -173,19 +167,31 @@ def test_taylor_logit_equals_activation_times_gradient(x64):
     with nn.intercept_methods(add):
       return model.apply(variables, x)
 
-  captured = {}
+  @jax.jit  # op by op, float64 convolutions and their gradients are slow
+  def activation_and_gradient(variables, x):
+    captured = {}
 
-  def grab(f, args, kwargs, context):
-    out = f(*args, **kwargs)
-    if '.'.join(context.module.path) == 'layer1.0.bn1':
-      captured['a'] = out
-    return out
+    def grab(f, args, kwargs, context):
+      out = f(*args, **kwargs)
+      if '.'.join(context.module.path) == 'layer1.0.bn1':
+        captured['a'] = out
+      return out
 
-  with nn.intercept_methods(grab):
-    model.apply(variables, x)
-  a = captured['a']
-  g = jax.grad(lambda d: jnp.take_along_axis(
-      logits_with(d), jnp.asarray(labels)[:, None], 1).sum())(jnp.zeros_like(a))
+    with nn.intercept_methods(grab):
+      model.apply(variables, x)
+    a = captured['a']
+    return a, jax.grad(lambda d: jnp.take_along_axis(
+        logits_with(variables, x, d), jnp.asarray(labels)[:, None], 1).sum())(
+            jnp.zeros_like(a))
+
+  with jax.enable_x64(True):
+    x = np.asarray(x, np.float64)
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+    taylor = criteria.get('taylor_logit').score(
+        model, variables, x, labels, units, batch_size=6)['layer1.0.conv1']
+    a, g = activation_and_gradient(variables, x)
+  a, g = np.asarray(a), np.asarray(g)
+  assert a.dtype == g.dtype == taylor.dtype == np.float64
   expected = np.abs((a * g).mean(axis=(1, 2))).sum(0)
   # float64 rounding of two programs of the same gradient
   np.testing.assert_allclose(taylor, expected, rtol=1e-9)
