@@ -37,10 +37,11 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       fine_tune_rate=0.3,          #   the test accuracy it recovers at this rate
       fine_tune_lr=1e-3,
       fine_tune_batch=64,
-      slim=('lrp',),               # criteria whose pruned models are slimmed
+      slim=(),                     # criteria whose pruned models are slimmed
                                    # (pxp_jax.slim) at every rate: parameters,
                                    # FLOPs, latency vs dense in results.json
-                                   # (size), size.png; () = off
+                                   # (size), size.png; e.g. ('lrp',); () = off
+                                   # (each rate compiles a model)
       size_batch=32,               # images per timed forward pass
       size_repeats=10,             # timed passes per model (median)
       export_rate=0.0,             # > 0: save the slim lrp-pruned model at
