@@ -171,7 +171,7 @@ class Task:
     ``eval_batch_size`` / processes): streamed, or held in memory when
     ``cached`` (what a search re-reads every trial)."""
     source = distribute.process_part(self.source(split))
-    step = self.local_batch(self.eval_batch_size)
+    step = self._eval_step(split)
     if not cached:
       return data.batches(source, self.preprocess, step)
     if split not in self._arrays:
@@ -180,6 +180,12 @@ class Task:
                                   label=labels[i:i + step])
                              for i in range(0, len(labels), step)]
     return self._arrays[split]
+
+  def _eval_step(self, split: str) -> int:
+    """Evaluation examples per batch and process: ``eval_batch_size``, or
+    the whole split when smaller (batches are padded to this size)."""
+    return min(self.local_batch(self.eval_batch_size),
+               self.local_batch(len(self.source(split))))
 
   def local_batch(self, global_size: int) -> int:
     """This process's examples of a global batch (``distribute``)."""
@@ -261,8 +267,8 @@ class Task:
         self.num_classes,
         self.classes if self.other_classes == 'excluded' else None,
         mesh=self.device_mesh, n_batches=distribute.batch_count(
-            len(self.source(split)), self.local_batch(self.eval_batch_size)),
-        batch_size=self.local_batch(self.eval_batch_size))
+            len(self.source(split)), self._eval_step(split)),
+        batch_size=self._eval_step(split))
     rows = [len(next(iter(masks[n].values()))) for n in names]
     starts = np.cumsum([0, *rows])
     return {n: accuracy[starts[i]:starts[i + 1]] for i, n in enumerate(names)}
