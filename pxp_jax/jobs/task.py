@@ -102,6 +102,7 @@ class Task:
     self.device_mesh = distribute.make_mesh(self.mesh)
     self.variables = distribute.replicate(self.variables, self.device_mesh)
     self._references, self._samples, self._arrays = {}, {}, {}
+    self._sources = {}
 
   @classmethod
   def from_config(cls, config) -> 'Task':
@@ -149,13 +150,21 @@ class Task:
   def source(self, split: str):
     """The examples of ``split`` that evaluation reads: those of the task's
     classes; on the reference split, none of the reference samples drawn so
-    far, and ``holdout_per_class`` of each class if set."""
+    far, and ``holdout_per_class`` of each class if set (built once per
+    split and set of reference draws)."""
+    if split == self.reference_split:
+      self.reference_indices()  # the task's own draw is always left out
+    key = (split, tuple(sorted(self._references)))
+    if key not in self._sources:
+      self._sources[key] = self._source(split)
+    return self._sources[key]
+
+  def _source(self, split: str):
     source = self.split(split)
     labels = data.labels_of(source)
     keep = (np.ones(len(labels), bool) if self.classes is None
             else np.isin(labels, self.classes))
     if split == self.reference_split:
-      self.reference_indices()
       for drawn in self._references.values():
         keep[drawn] = False
       if self.holdout_per_class:

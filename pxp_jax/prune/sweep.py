@@ -122,12 +122,13 @@ def _sharded_accuracy(model, variables, batches, stacked, allowed, mesh, run,
                                               np.asarray(v).dtype)]),
       NamedSharding(mesh, P('rows'))) for k, v in stacked.items()}
   allowed = jax.device_put(allowed, NamedSharding(mesh, P()))
-  correct, total = 0, 0
+  correct, total = 0, 0  # summed on the devices, read once at the end
   for batch in distribute.global_batches(batches, mesh, n_batches,
                                          batch_size):
-    correct = correct + distribute.to_host(run(
-        variables, batch['image'], batch['label'], stacked, allowed))
-    total += int(np.sum(distribute.to_host(batch['label']) >= 0))
+    correct = correct + run(variables, batch['image'], batch['label'],
+                            stacked, allowed)
+    total = total + jnp.sum(batch['label'] >= 0)
+  correct, total = distribute.to_host(correct), int(distribute.to_host(total))
   if total == 0:
     raise ValueError('no examples to evaluate')
   return (correct / total)[:rows]
