@@ -6,8 +6,8 @@ A checkpoint is a folder::
                   "preprocess": {...}, ...metadata such as the test accuracy}
   variables/     the flax variables, written by orbax's StandardCheckpointer
 
-``load("resnet_digits")`` finds the checkpoints shipped in the repository's
-``checkpoints/`` folder (or in ``$PXP_JAX_CHECKPOINTS``); ``load(path)`` reads
+``load("resnet_digits")`` finds the checkpoints shipped in the package's
+``shipped/`` folder (or in ``$PXP_JAX_CHECKPOINTS``); ``load(path)`` reads
 any such folder. A slim model (``pxp_jax.slim``) keeps its per-layer widths
 in ``overrides`` (ResNet ``widths``, VGG ``config`` and ``hidden``, ViT
 ``block_heads`` and ``block_mlp_dims``); ``save_model`` finds its registry
@@ -34,12 +34,12 @@ VARIABLES = 'variables'
 
 
 def shipped_dir() -> pathlib.Path:
-  """Where named checkpoints live: ``$PXP_JAX_CHECKPOINTS`` or the repository's
-  ``checkpoints/`` folder next to the package."""
+  """Where named checkpoints live: ``$PXP_JAX_CHECKPOINTS`` or the package's
+  ``shipped/`` folder (package data: in the wheel and in a clone)."""
   env = os.environ.get('PXP_JAX_CHECKPOINTS')
   if env:
-    return pathlib.Path(env)
-  return pathlib.Path(__file__).resolve().parent.parent / 'checkpoints'
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path(__file__).resolve().parent / 'shipped'
 
 
 def names() -> list[str]:

@@ -10,7 +10,7 @@ searches the attention rule (``space.attention``).
 
 import ml_collections
 
-from experiments.configs.options import (faithfulness_fields, parse,
+from pxp_jax.experiments.configs.options import (faithfulness_fields, parse,
                                          pruning_fields, scale_fields)
 
 

@@ -6,7 +6,7 @@ NAME is a recipe below (``resnet_digits``, ``vit_digits``); append
 
 import ml_collections
 
-from experiments.configs.options import parse
+from pxp_jax.experiments.configs.options import parse
 
 DIGITS_PREPROCESS = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5),
                          std=(0.5, 0.5, 0.5))

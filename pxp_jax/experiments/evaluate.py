@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import cli
 from pxp_jax import attribute, checkpoints, data, evaluate, plot
+from pxp_jax.experiments import cli
 from pxp_jax.jobs import task as task_lib
 
 _CHECKPOINTS = flags.DEFINE_list(
@@ -96,5 +96,10 @@ def _cell(value) -> str:
   return f'{value:.2%}' if isinstance(value, float) else str(value)
 
 
-if __name__ == '__main__':
+def run():
+  """The ``pxp-evaluate`` console script."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

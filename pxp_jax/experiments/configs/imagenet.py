@@ -20,9 +20,9 @@ Splits of 100 or more classes are streamed, never held in memory. Append
 
 import ml_collections
 
-from experiments.configs import prune as prune_configs
-from experiments.configs import search as search_configs
-from experiments.configs.options import parse
+from pxp_jax.experiments.configs import prune as prune_configs
+from pxp_jax.experiments.configs import search as search_configs
+from pxp_jax.experiments.configs.options import parse
 
 ARCHS = ('vgg16', 'vgg16_bn', 'resnet18', 'resnet50', 'vit_b16')
 JOBS = {'prune': prune_configs, 'search': search_configs}

@@ -9,7 +9,8 @@ e.g. ``--config.target_rate=0.5 --config.fine_tune_steps=200``.
 
 import ml_collections
 
-from experiments.configs.options import parse, pruning_fields, scale_fields
+from pxp_jax.experiments.configs.options import (parse, pruning_fields,
+                                                 scale_fields)
 
 
 def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-from experiments.configs.options import (faithfulness_fields, parse,
+from pxp_jax.experiments.configs.options import (faithfulness_fields, parse,
                                          pruning_fields, scale_fields)
 
 

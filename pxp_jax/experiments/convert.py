@@ -11,7 +11,7 @@ Then ``--config.model=ckpt/resnet50`` (or the ImageNet recipes,
 
 from absl import app, flags
 
-from experiments import cli
+from pxp_jax.experiments import cli
 from pxp_jax.jobs import convert
 
 _SOURCE = flags.DEFINE_enum('source', 'torchvision', list(convert.SOURCES),
@@ -37,5 +37,10 @@ def main(argv):
   print(f'wrote {out}')
 
 
-if __name__ == '__main__':
+def run():
+  """The ``pxp-convert`` console script."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,7 +1,6 @@
 r"""Bayesian search over LRP composites for pruning (PXP revisited).
 
-  python -m experiments.search \
-      --config=experiments/configs/search.py:model=resnet_digits --workdir=DIR \
+  pxp-search --config=search:model=resnet_digits --workdir=DIR \
       --n_trials=30 [--timeout=SECONDS]
 
 --n_trials is the total the study should reach, counted over all workers
@@ -17,11 +16,11 @@ importance.png, comparison.json and comparison.png.
 
 from absl import app, flags
 
-from experiments import cli
+from pxp_jax.experiments import cli
 from pxp_jax.jobs import draws, search
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
-    'experiments/configs/search.py', 'Search config.')
+    'search', 'Search config.')
 _N_TRIALS = flags.DEFINE_integer('n_trials', 20, 'Trials the study reaches.')
 _TIMEOUT = flags.DEFINE_float('timeout', None, 'Stop after this many seconds.')
 
@@ -33,5 +32,10 @@ def main(argv):
                timeout=_TIMEOUT.value)
 
 
-if __name__ == '__main__':
+def run():
+  """The ``pxp-search`` console script."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

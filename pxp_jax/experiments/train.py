@@ -1,18 +1,17 @@
 r"""Trains a model and exports it as a checkpoint.
 
-  python -m experiments.train \
-      --config=experiments/configs/train.py:model=resnet_digits --workdir=DIR
+  pxp-train --config=train:model=resnet_digits --workdir=DIR
 
 Re-running with the same workdir resumes from the last epoch.
 """
 
 from absl import app
 
-from experiments import cli
+from pxp_jax.experiments import cli
 from pxp_jax.jobs import train
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
-    'experiments/configs/train.py', 'Training config.')
+    'train', 'Training config.')
 
 
 def main(argv):
@@ -22,5 +21,10 @@ def main(argv):
         f"validation accuracy {results['validation_accuracy']:.4f}")
 
 
-if __name__ == '__main__':
+def run():
+  """The ``pxp-train`` console script."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

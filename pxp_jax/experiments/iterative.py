@@ -1,8 +1,6 @@
 r"""Iterative PXP: prune a share of the units, fine-tune, re-score, repeat.
 
-  python -m experiments.iterative \
-      --config=experiments/configs/iterative.py:model=resnet_digits \
-      --workdir=DIR
+  pxp-iterative --config=iterative:model=resnet_digits --workdir=DIR
 
 Writes DIR/results.json and iterative.png (accuracy against parameters:
 iterative LRP, iterative weight magnitude, one-shot LRP) and prints the
@@ -12,11 +10,11 @@ resumes after the last finished round.
 
 from absl import app
 
-from experiments import cli
+from pxp_jax.experiments import cli
 from pxp_jax.jobs import iterative
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
-    'experiments/configs/iterative.py', 'Iterative pruning config.')
+    'iterative', 'Iterative pruning config.')
 
 
 def main(argv):
@@ -24,5 +22,10 @@ def main(argv):
   iterative.iterative(_CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == '__main__':
+def run():
+  """The ``pxp-iterative`` console script."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()
