@@ -25,7 +25,7 @@ setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
 demo: $(VENV)/.base
-	$(PY) -m experiments.prune --config=experiments/configs/prune.py:model=resnet_digits --workdir=runs/resnet_digits
+	$(VENV)/bin/pxp-prune --config=prune:model=resnet_digits --workdir=runs/resnet_digits
 
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
