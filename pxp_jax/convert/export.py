@@ -68,23 +68,32 @@ def to_torchvision(model, variables) -> dict[str, np.ndarray]:
 def save_torchvision(path: str | os.PathLike, model, variables) -> str:
   """Writes ``to_torchvision(model, variables)`` to ``path``: a
   ``.safetensors`` file (needs the ``safetensors`` package) or an ``.npz``;
-  ``convert.read_checkpoint`` and ``from_torchvision`` read both.
+  ``convert.read_checkpoint`` and ``from_torchvision`` read both. The file
+  is written whole (a temporary file renamed); its folder is created.
 
   Returns:
     ``path`` as a string.
   """
-  path = os.fspath(path)
+  path = os.fspath(os.path.expanduser(path))
+  if not path.endswith(('.safetensors', '.npz')):
+    raise ValueError(f'unknown export format {path!r}; write .safetensors or '
+                     '.npz')
+  if os.path.isdir(path):
+    raise IsADirectoryError(f'cannot write {path}: it is a folder; give a '
+                            'file name ending in .safetensors or .npz')
   state = to_torchvision(model, variables)
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  # Written whole or not at all: a temporary file, renamed.
+  partial = os.path.join(folder, f'.partial-{name}')
   if path.endswith('.safetensors'):
     try:
       from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(f'writing {path} needs the safetensors package; '
                         'install it, or write an .npz') from e
-    save_file(state, path)
-  elif path.endswith('.npz'):
-    np.savez(path, **state)
+    save_file(state, partial)
   else:
-    raise ValueError(f'unknown export format {path!r}; write .safetensors or '
-                     '.npz')
+    np.savez(partial, **state)
+  os.replace(partial, path)
   return path

@@ -53,6 +53,7 @@ def rates_of(target_rate: float, step: float) -> list[float]:
   return [round(min((k + 1) * step, target_rate), 6) for k in range(rounds)]
 
 
+@workdir_lib.exclusive
 def iterative(config, workdir) -> dict[str, Any]:
   """Runs iterative pruning; returns the dict written to results.json."""
   workdir = pathlib.Path(workdir).resolve()

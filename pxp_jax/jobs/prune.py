@@ -21,7 +21,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 import pxp_jax
 from pxp_jax import data, distribute, plot
@@ -36,6 +35,7 @@ NORMS = {'lrp': 1, 'weight': 1, 'gradient': 2, 'taylor': 2,
          'gradient_logit': 2, 'taylor_logit': 2}
 
 
+@workdir_lib.exclusive
 def prune(config, workdir) -> dict[str, Any]:
   """Runs the pruning experiment; returns the dict written to results.json."""
   workdir = pathlib.Path(workdir).resolve()
@@ -71,8 +71,10 @@ def prune(config, workdir) -> dict[str, Any]:
       criterion = task.criterion(name, composite=composite, signed=signed,
                                  seed=seed, ig_steps=config.ig_steps,
                                  ig_form=config.ig_form)
-      s = _cached_scores(workdir / 'scores' / key,
-                         lambda c=criterion: task.score(c, n_per_class))
+      s = workdir_lib.cached_scores(
+          workdir / 'scores' / key,
+          lambda c=criterion: task.score(c, n_per_class),
+          {k: u.size for k, u in task.units.items()})
       if config.normalize and name in NORMS:
         s = ranking.normalize(s, NORMS[name])
       runs.append(s)
@@ -151,18 +153,6 @@ def _fine_tune_all(config, task, masks, rates, results, log):
         rate=rate, steps=config.fine_tune_steps,
         accuracy_before=float(before), accuracy_after=float(after))
     log(f'fine-tuned {name} at {rate:.0%}: {before:.4f} -> {after:.4f}')
-
-
-def _cached_scores(path: pathlib.Path, compute) -> dict[str, np.ndarray]:
-  """Scores saved with orbax at ``path``; computed once."""
-  if path.exists():
-    with ocp.StandardCheckpointer() as ckptr:
-      return {k: np.asarray(v) for k, v in ckptr.restore(path).items()}
-  scores = compute()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, {k: np.asarray(v) for k, v in scores.items()})
-  return scores
 
 
 def _log(start, message):

@@ -148,6 +148,10 @@ def export(task, masks: Mapping, rates, config, results: dict,
     return path
   small = slim_lib.slim(task.model, jax.device_get(task.variables),
                         _row(masks[EXPORT_CRITERION][0], r))
+  if (isinstance(small.model, (resnet.ResNet, vgg.VGG))
+      and distribute.is_primary()):  # before model.json, which marks it whole
+    convert.save_torchvision(path / TORCHVISION_FILE, small.model,
+                             small.variables)
   source = {k: v for k, v in task.recipe.items()
             if k in ('dataset', 'preprocess')}
   accuracy = results['criteria'][EXPORT_CRITERION]['accuracy'][r]
@@ -159,10 +163,6 @@ def export(task, masks: Mapping, rates, config, results: dict,
       accuracy=float(accuracy), unpruned_accuracy=results['unpruned_accuracy'],
       removed=sum(small.removed.values()),
       kept_masked=sum(small.kept_masked.values()))
-  if (isinstance(small.model, (resnet.ResNet, vgg.VGG))
-      and distribute.is_primary()):
-    convert.save_torchvision(path / TORCHVISION_FILE, small.model,
-                             small.variables)
   log(f'saved the slim model pruned by {EXPORT_CRITERION} at {rate:.0%} to '
       f'{path}')
   return path

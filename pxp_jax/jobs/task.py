@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import flax
 import numpy as np
 
 from pxp_jax import checkpoints, composites, data, distribute, structure
+from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.models import spec as spec_lib
 from pxp_jax.prune import criteria, metrics, sweep
 
@@ -220,10 +220,12 @@ class Task:
     sign ``signed``, ``n_per_class``)."""
     if json_path:
       path = pathlib.Path(json_path)
-      if not path.is_file():
+      if not path.exists():
         raise FileNotFoundError(f'--config.composite_json={path} does not '
                                 'exist')
-      spec = json.loads(path.read_text())
+      spec = workdir_lib.read_json(path, 'give --config.composite_json a '
+                                   'composite JSON such as the search\'s '
+                                   'best_composite.json')
       extra = {k: v for k, v in spec.items() if k not in ('preset', 'args')}
       return composites.from_json(spec), extra
     if not name:

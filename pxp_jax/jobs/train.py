@@ -92,6 +92,7 @@ def _variables(state: TrainState) -> dict[str, Any]:
   return out
 
 
+@workdir_lib.exclusive
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains, checkpoints every epoch, evaluates, exports; returns the results.
