@@ -9,9 +9,10 @@ several processes with --config.storage=journal (one machine) or
 --config.storage=postgresql://USER@HOST:PORT/DB (many machines) share the
 study and together complete --n_trials trials. A worker is one process
 on its host's devices (``--config.mesh``): to search on several hosts, start
-one worker per host on a shared storage rather than one multi-process job. Writes DIR/best_composite.json (usable as
-``experiments.prune --config.composite_json=...``), trials.csv, history.png,
-importance.png, comparison.json and comparison.png.
+one worker per host on a shared storage rather than one multi-process job.
+Writes DIR/best_composite.json (usable as ``pxp-prune
+--config.composite_json=...``), trials.csv, history.png, importance.png,
+comparison.json and comparison.png.
 """
 
 from absl import app, flags
