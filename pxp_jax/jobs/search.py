@@ -49,10 +49,12 @@ import datetime
 import fcntl
 import functools
 import json
+import math
 import os
 import pathlib
 import shutil
 import socket
+import sqlite3
 import time
 import warnings
 from typing import Any
@@ -75,9 +77,94 @@ HEARTBEAT_S = 10  # a running trial's heartbeat period (seconds)
 GRACE_S = 60      # a running trial silent this long is dead: failed, retried
 POLL_S = 2.0      # how often a worker waiting for others' last trials looks
 MAX_RETRY = 3     # a trial whose worker dies is retried at most this often
+SAMPLERS = {'gp': optuna.samplers.GPSampler, 'tpe': optuna.samplers.TPESampler}
 _RUNNING, _WAITING, _COMPLETE = (optuna.trial.TrialState.RUNNING,
                                  optuna.trial.TrialState.WAITING,
                                  optuna.trial.TrialState.COMPLETE)
+
+
+def _check(config, n_trials, timeout) -> None:
+  """Every config field and argument the search reads, checked before
+  anything is loaded or compiled: counts, the objective, the sampler, the
+  storage's form, the splits' names, the rates and the search space."""
+  if isinstance(n_trials, bool) or not isinstance(n_trials, int) or (
+      n_trials < 1):
+    raise ValueError(f'--n_trials={n_trials}: the trials the study reaches '
+                     'must be a whole number >= 1 (e.g. --n_trials=20)')
+  if timeout is not None and not (isinstance(timeout, (int, float)) and
+                                  math.isfinite(timeout) and timeout > 0):
+    raise ValueError(f'--timeout={timeout}: give a number of seconds > 0, '
+                     'or leave it out to run all --n_trials')
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f'objective must be one of {OBJECTIVES}, got '
+                     f'{config.objective!r}')
+  if config.sampler not in SAMPLERS:
+    raise ValueError(f'config.sampler={config.sampler!r} is unknown; use '
+                     f'{" or ".join(SAMPLERS)}')
+  if config.sampler == 'gp':
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec('torch') is None:
+      raise ImportError("optuna's Gaussian-process sampler needs PyTorch: "
+                        "pip install torch (or the 'test' extra), or use "
+                        '--config.sampler=tpe')
+  if not isinstance(config.storage, str):
+    raise ValueError(f'config.storage must be a string, got '
+                     f'{config.storage!r}')
+  least = {'n_per_class': 1, 'random_seeds': 1, 'batch_size': 1,
+           'eval_batch_size': 1, 'draws': 1, 'holdout_per_class': 0,
+           'class_draw': 0, 'faithfulness': 0}
+  for name, low in least.items():
+    if name in config:
+      _count(f'config.{name}', config[name], low)
+  if config.get('faithfulness'):
+    _count('config.perturbation.patch_size', config.perturbation.patch_size, 1)
+    _count('config.perturbation.steps', config.perturbation.steps, 0)
+  for name in ('validation_split', 'test_split'):
+    if not isinstance(config[name], str) or not config[name]:
+      raise ValueError(f'config.{name} must name a split of the dataset '
+                       f'(e.g. validation, test), got {config[name]!r}')
+  rates = list(config.rates)
+  bad = [r for r in rates if isinstance(r, bool) or
+         not isinstance(r, (int, float)) or not 0 <= r < 1]
+  if not rates or bad or sorted(set(rates)) != rates:
+    raise ValueError(f'config.rates={tuple(rates)}: the search needs '
+                     'increasing pruning rates in [0, 1), e.g. '
+                     '(0.0, 0.1, 0.2, 0.3)')
+  _validate_space(config.space)
+
+
+def _count(name: str, value, low: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f'{name}={value!r} must be a whole number >= {low}')
+
+
+def _pair(space, name: str) -> tuple[float, float]:
+  """``space.<name>``: a log-scale range (low, high) with 0 < low <= high."""
+  value = tuple(getattr(space, name))
+  if (len(value) != 2 or
+      any(isinstance(v, bool) or not isinstance(v, (int, float)) or
+          not math.isfinite(v) for v in value) or
+      not 0 < value[0] <= value[1]):
+    raise ValueError(f'space.{name} must be a range (low, high) of finite '
+                     f'numbers with 0 < low <= high (searched on a log '
+                     f'scale), got {value}')
+  return value
+
+
+def _choices(space, name: str, known, what: str) -> None:
+  """``space.<name>``: one or more distinct values among ``known``."""
+  value = tuple(getattr(space, name))
+  if not value:
+    raise ValueError(f'space.{name} is empty: give one or more of {known} '
+                     f'({what})')
+  unknown = [v for v in value if v not in known or
+             (isinstance(v, bool) != isinstance(known[0], bool))]
+  if unknown:
+    raise ValueError(f'space.{name} has {unknown}; choose among {known} '
+                     f'({what})')
+  if len(set(value)) != len(value):
+    raise ValueError(f'space.{name}={value} names a value twice; give each '
+                     'once')
 
 
 def _validate_space(space) -> None:
@@ -85,31 +172,26 @@ def _validate_space(space) -> None:
     raise ValueError('the search space has no layer groups (space.groups)')
   if not space.rules:
     raise ValueError('the search space has no rules to choose (space.rules)')
-  unknown = set(space.rules) - set(rules.searchable())
-  if unknown:
-    raise ValueError(f'space.rules has {sorted(unknown)}; choose among '
-                     f'{rules.searchable()}')
-  unknown = set(space.groups) - set(composites.GROUPS)
-  if unknown:
-    raise ValueError(f'space.groups has {sorted(unknown)}; groups are '
-                     f'{composites.GROUPS}')
-  for name in ('eps', 'gamma'):
-    low, high = getattr(space, name)
-    if not 0 < low <= high:
-      raise ValueError(f'space.{name} must satisfy 0 < low <= high, got '
-                       f'({low}, {high})')
-  if not space.signed:
-    raise ValueError('space.signed must allow False, True or both')
-  if not space.zero_bias:
-    raise ValueError('space.zero_bias must allow False, True or both')
-  if space.boundaries and (len(space.boundaries) != 2 or not
-                           0 <= space.boundaries[0] <= space.boundaries[1] <= 1):
+  _choices(space, 'rules', rules.searchable(),
+           "the layer groups' LRP rules")
+  _choices(space, 'groups', composites.GROUPS, 'the layer groups searched')
+  _choices(space, 'attention', composites.ATTENTION_RULES,
+           "a transformer's attention rules")
+  _choices(space, 'signed', (False, True), 'rank by |R| or by signed R')
+  _choices(space, 'zero_bias', (False, True), 'biases take relevance or not')
+  _pair(space, 'eps')
+  _pair(space, 'gamma')
+  for n in space.n_per_class:
+    _count('space.n_per_class', n, 1)
+  if len(set(space.n_per_class)) != len(space.n_per_class):
+    raise ValueError(f'space.n_per_class={tuple(space.n_per_class)} names a '
+                     'value twice; give each once')
+  bounds = tuple(space.boundaries)
+  if bounds and (len(bounds) != 2 or not all(
+      isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+                 or not 0 <= bounds[0] <= bounds[1] <= 1):
     raise ValueError('space.boundaries must be () for the stages or (b1, b2) '
-                     f'with 0 <= b1 <= b2 <= 1, got {space.boundaries}')
-  unknown = set(space.attention) - set(composites.ATTENTION_RULES)
-  if not space.attention or unknown:
-    raise ValueError(f'space.attention must name one or more of '
-                     f'{composites.ATTENTION_RULES}, got {space.attention}')
+                     f'with 0 <= b1 <= b2 <= 1, got {bounds}')
 
 
 def composite_from_params(params: dict[str, Any], space,
@@ -151,6 +233,8 @@ class _Problem:
   def __init__(self, config):
     self.config = config
     self.task = task_lib.Task.from_config(config)
+    for split in (config.validation_split, config.test_split):
+      self.task.split(split)  # an unknown split fails before any compile
     for n in config.space.n_per_class:  # prepared up front: trials only run
       self.task.references(n)
     self.task.references()
@@ -179,20 +263,22 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
            ) -> dict[str, Any]:
   """Runs (or resumes) the search; writes its outputs; returns the
   comparison on the test split."""
+  _check(config, n_trials, timeout)
   workdir = pathlib.Path(workdir).resolve()
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f'--workdir={workdir} is a file; name a folder '
+                             '(new, or the one of the search to resume)')
   workdir.mkdir(parents=True, exist_ok=True)
-  _validate_space(config.space)
-  if config.objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got '
-                     f'{config.objective!r}')
   with _locked(workdir):  # workers may start together
     workdir_lib.claim(workdir, config)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
+  storage = _storage(config.storage, workdir)  # read before any loading
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
-  optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours
   problem = _Problem(config)
-  study = _study(config, workdir, vit=problem.transformer)
+  study = _study(config, storage, workdir, vit=problem.transformer)
   worker = f'{socket.gethostname()}:{os.getpid()}'
+  metric = OBJECTIVES[config.objective]
 
   def objective(trial):
     trial.set_user_attr('worker', worker)  # claimed: not an orphan
@@ -205,9 +291,7 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
                               n_per_class=params.get('n_per_class'))
       value = problem.objective(scores, config.validation_split)
     trial.set_user_attr('compiles', compiles[0])
-    return value
-
-  metric = OBJECTIVES[config.objective]
+    return _finite(value, trial.number, params, metric)
 
   def progress(study, trial):
     if trial.state != _COMPLETE:  # pruned: another worker took its place
@@ -229,7 +313,9 @@ def search(config, workdir, *, n_trials: int, timeout: float | None = None
          callbacks=[progress])
   if not study.get_trials(deepcopy=False, states=(_COMPLETE,)):
     raise RuntimeError(f'the study has no complete trial after --timeout='
-                       f'{timeout}s; give it more time')
+                       f'{timeout} seconds; give it more time (a trial takes '
+                       'about as long as one evaluation sweep, the first one '
+                       'also compiles)')
   best = study.best_trial
   staging = workdir / f'.staging-{worker.replace(":", "-")}'
   shutil.rmtree(staging, ignore_errors=True)
@@ -284,23 +370,13 @@ def _counting_compiles():
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
-def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
-  """Creates or loads the study; the worker that creates it queues the
-  usual composites (once: creating a study of a name that exists fails in
-  every storage, atomically) and records the config, which every other
-  worker must share."""
-  if config.sampler == 'gp':
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    if importlib.util.find_spec('torch') is None:
-      raise ImportError("optuna's Gaussian-process sampler needs PyTorch: "
-                        "pip install torch (or the 'test' extra), or use "
-                        '--config.sampler=tpe')
-  samplers = {'gp': optuna.samplers.GPSampler,
-              'tpe': optuna.samplers.TPESampler}
-  if config.sampler not in samplers:
-    raise ValueError(f'unknown sampler {config.sampler!r}; use gp or tpe')
-  storage = _storage(config.storage, workdir)
-  sampler = _SeededPerTrial(samplers[config.sampler], config.seed)
+def _study(config, storage, workdir: pathlib.Path, vit: bool
+           ) -> optuna.Study:
+  """Creates or loads the study in ``storage``; the worker that creates it
+  queues the usual composites (once: creating a study of a name that exists
+  fails in every storage, atomically) and records the config, which every
+  other worker must share."""
+  sampler = _SeededPerTrial(SAMPLERS[config.sampler], config.seed)
   recorded = json.dumps(_shared_config(config), sort_keys=True)
   try:
     study = optuna.create_study(study_name=STUDY, storage=storage,
@@ -314,10 +390,12 @@ def _study(config, workdir: pathlib.Path, vit: bool) -> optuna.Study:
       changed = sorted(k for k in set(theirs) | set(ours)
                        if theirs.get(k) != ours.get(k))
       raise ValueError(
-          f'the study {STUDY!r} in the storage {config.storage!r} is a search '
-          f'of a different config (differs in: {", ".join(changed)}); every '
-          'worker of a study runs the same config. Use the same config, or '
-          'another journal file or database for a new search.') from None
+          f'the study {STUDY!r} in {_where(config.storage, workdir)} is a '
+          f'search of a different config (differs in: {", ".join(changed)}); '
+          'every worker of a study runs the same config. Use the same '
+          'config to resume it, or for a new search a new --workdir (or '
+          'another journal file or database with --config.storage), or '
+          'delete that study file, losing its trials.') from None
   else:
     study.set_user_attr('config', recorded)
     for params in _usual_params(config.space, vit):  # the start
@@ -340,7 +418,86 @@ def _storage(spec: str, workdir: pathlib.Path):
   """The optuna storage of ``config.storage``: ``''`` SQLite in the workdir,
   ``'journal'`` the journal file ``workdir/study.journal``,
   ``'journal:PATH'`` a journal file elsewhere, else an SQLAlchemy URL
-  (``postgresql://user@host:port/db``). Every storage has the heartbeat."""
+  (``postgresql://user@host:port/db``). Every storage has the heartbeat.
+  The study's trials are read once here: a study file that is not one
+  (garbage, cut short, another program's database) is an error naming it."""
+  storage = _open(spec, workdir)
+  path = _study_file(spec, workdir)
+  try:
+    for study in storage.get_all_studies():
+      if study.study_name == STUDY:
+        storage.get_all_trials(study._study_id, deepcopy=False)  # pylint: disable=protected-access
+  except _UNREADABLE as error:
+    if path is None:
+      raise
+    raise ValueError(_unreadable(path, error)) from None
+  return storage
+
+
+# What reading a damaged study file raises (SQLite, optuna's journal replay).
+_UNREADABLE = (sqlalchemy.exc.DatabaseError, sqlite3.DatabaseError,
+               ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _study_file(spec: str, workdir: pathlib.Path) -> pathlib.Path | None:
+  """The file that holds the study of ``config.storage`` (None: a server)."""
+  if spec == 'journal':
+    return workdir / 'study.journal'
+  if spec.startswith('journal:'):
+    return pathlib.Path(spec[len('journal:'):]).expanduser().resolve()
+  url = sqlalchemy.engine.make_url(spec or f'sqlite:///{workdir / "study.db"}')
+  if (url.get_backend_name() != 'sqlite' or url.database in (None, '')
+      or url.database.startswith((':memory:', 'file:'))):
+    return None
+  return pathlib.Path(url.database).expanduser().resolve()
+
+
+def _where(spec: str, workdir: pathlib.Path) -> str:
+  """Where the study of ``config.storage`` lives, in words."""
+  path = _study_file(spec, workdir)
+  if path is not None:
+    return f'the file {path}'
+  return f'the database {sqlalchemy.engine.make_url(spec).render_as_string()}'
+
+
+def _unreadable(path: pathlib.Path, error) -> str:
+  return (f'{path} is not a readable optuna study ({type(error).__name__}: '
+          f'{error}): the file is damaged (cut short, overwritten) or is not '
+          'a study of this search. Delete it to start the search anew (its '
+          'trials are lost), or give a new --workdir (or another '
+          '--config.storage).')
+
+
+def _check_sqlite(path: pathlib.Path) -> None:
+  """An existing SQLite file is an optuna study: a database, intact, whose
+  tables (if any) include optuna's."""
+  if path.is_dir():
+    raise ValueError(f'the SQLite study file {path} is a folder; name a file')
+  if not path.is_file() or path.stat().st_size == 0:
+    return
+  try:
+    with contextlib.closing(sqlite3.connect(f'file:{path}?mode=ro',
+                                            uri=True)) as con:
+      tables = {r[0] for r in con.execute(
+          "SELECT name FROM sqlite_master WHERE type='table'")}
+      intact = con.execute('PRAGMA quick_check').fetchone()[0]
+  except sqlite3.OperationalError as error:
+    if 'locked' in str(error):  # another worker writes: it is a database
+      return
+    raise ValueError(_unreadable(path, error)) from None
+  except sqlite3.DatabaseError as error:
+    raise ValueError(_unreadable(path, error)) from None
+  if intact != 'ok':
+    raise ValueError(_unreadable(path, f'integrity check: {intact}'))
+  if tables and 'version_info' not in tables:
+    raise ValueError(
+        f'{path} is an SQLite database of something else (tables '
+        f'{sorted(tables)}), not an optuna study; name another file, or give '
+        'a new --workdir')
+
+
+def _open(spec: str, workdir: pathlib.Path):
+  """``_storage`` without reading the study."""
   if spec == 'journal' or spec.startswith('journal:'):
     path = (workdir / 'study.journal' if spec == 'journal' else
             pathlib.Path(spec[len('journal:'):]).expanduser().resolve())
@@ -351,6 +508,11 @@ def _storage(spec: str, workdir: pathlib.Path):
       raise ValueError(f'storage {spec!r}: the folder {path.parent} does not '
                        'exist; create it (on a file system every worker '
                        'sees) or name another journal file')
+    if path.is_file() and path.stat().st_size:
+      try:  # optuna replays the whole journal here
+        return _Journal(optuna.storages.journal.JournalFileBackend(str(path)))
+      except _UNREADABLE as error:
+        raise ValueError(_unreadable(path, error)) from None
     return _Journal(optuna.storages.journal.JournalFileBackend(str(path)))
   if spec and '://' not in spec:
     raise ValueError(
@@ -372,6 +534,12 @@ def _storage(spec: str, workdir: pathlib.Path):
   except ImportError as error:
     raise ImportError(_driver_hint(shown, parsed.get_backend_name(), error)
                       ) from error
+  path = _study_file(url, workdir)
+  if path is not None:  # an SQLite file
+    if not path.parent.is_dir():
+      raise ValueError(f'storage {spec or url!r}: the folder {path.parent} '
+                       'does not exist; create it or name another file')
+    _check_sqlite(path)
   if parsed.drivername == 'postgresql':  # no driver named: the installed one
     import importlib.util  # pylint: disable=g-import-not-at-top
     if (importlib.util.find_spec('psycopg') is None and
@@ -397,6 +565,10 @@ def _storage(spec: str, workdir: pathlib.Path):
         raise
       time.sleep(1.0)
     except Exception as error:  # pylint: disable=broad-except
+      if path is not None:
+        if isinstance(error, _UNREADABLE):
+          raise ValueError(_unreadable(path, error)) from None
+        raise  # e.g. optuna's own word on an older table schema
       raise ConnectionError(
           f'cannot open the optuna storage {shown!r}: {error}\nCheck that '
           f'the database server runs and is reachable from this machine at '
@@ -474,6 +646,18 @@ class _SeededPerTrial(optuna.samplers.BaseSampler):
 
   def reseed_rng(self):
     self._sampler.reseed_rng()
+
+
+def _finite(value: float, number: int, params, metric: str) -> float:
+  """A trial's objective, or an error: optuna would record a NaN as a
+  failed trial and the search would draw trial after trial."""
+  if not math.isfinite(value):
+    raise FloatingPointError(
+        f'trial {number}: the validation {metric} is {value} (parameters '
+        f'{params}); check config.rates and config.validation_split (an '
+        'evaluation with no examples has no accuracy). The trial is recorded '
+        'as failed; a resumed search draws new parameters.')
+  return value
 
 
 def _surplus(study, trial, n_trials: int) -> bool:
