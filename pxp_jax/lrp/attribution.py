@@ -24,6 +24,8 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 
+import flax.errors
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -126,25 +128,41 @@ def attribute(model, variables, inputs, targets,
   if init not in INITS:
     raise ValueError(f'unknown init {init!r}; use one of {INITS}')
   check_precision(precision, allow_none=True)
+  if not isinstance(remat, (bool, np.bool_)):
+    raise TypeError(f'remat must be True or False, got {remat!r}')
   if remat and 'remat' not in getattr(model, '__dataclass_fields__', {}):
     raise ValueError(
         f'remat=True needs a model with a remat attribute (pxp_jax.models\' '
         f'ResNet, VGG and ViT); {type(model).__name__} has none: give it one '
         'that wraps its blocks in flax.linen.remat, or pass remat=False')
+  if not isinstance(model, nn.Module):
+    raise TypeError(f'model must be a flax.linen Module, got '
+                    f'{type(model).__name__}; load one with '
+                    'pxp_jax.checkpoints.load or pxp_jax.models.create')
+  _check_variables(variables)
   inputs = jnp.asarray(inputs)
   targets = jnp.asarray(targets)
   _check_arguments(inputs, targets)
   if not isinstance(composite, composites.Composite):
     raise TypeError(f'composite must be a pxp_jax.composites.Composite, got '
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
-  if masks is not None:
-    masks = {k: jnp.asarray(v) for k, v in masks.items()}
-    found = structure.trace(model, variables, inputs.shape, inputs.dtype)
-    found.sites(masks)  # a clear error for unknown unit keys
-  result = _attribute(model, variables, inputs, targets, composite, masks,
-                      init, jnp.asarray(absolute_tokens, bool),
-                      None if dynamic_rules else fixed_rules(composite),
-                      input_relevance, precision, bool(remat))
+  _check_bounds(composite, inputs.shape[-1])
+  try:
+    if masks is not None:
+      if not isinstance(masks, Mapping):
+        raise TypeError(f'masks must map unit keys to (units,) arrays, got '
+                        f'{type(masks).__name__}')
+      masks = {k: jnp.asarray(v) for k, v in masks.items()}
+      found = structure.trace(model, variables, inputs.shape, inputs.dtype)
+      found.sites(masks)  # a clear error for unknown unit keys
+      _check_masks(masks, found)
+    result = _attribute(model, variables, inputs, targets, composite, masks,
+                        init, jnp.asarray(absolute_tokens, bool),
+                        None if dynamic_rules else fixed_rules(composite),
+                        input_relevance, precision, bool(remat))
+  except flax.errors.FlaxError as error:
+    _raise_if_mismatched(model, variables, inputs, error)
+    raise
   if not isinstance(targets, jax.core.Tracer) and _on_this_process(targets):
     num_classes = result.logits.shape[-1]
     if np.any((np.asarray(targets) < 0) | (np.asarray(targets) >= num_classes)):
@@ -152,7 +170,7 @@ def attribute(model, variables, inputs, targets,
                        f'model, got {np.asarray(targets).tolist()}')
   if (check_finite and not isinstance(result.logits, jax.core.Tracer)
       and _on_this_process(result.logits)):
-    _raise_if_not_finite(result)
+    _raise_if_not_finite(result, inputs)
     if init == 'one_hot':
       target_logits = np.take_along_axis(np.asarray(result.logits),
                                          np.asarray(targets)[:, None], 1)
@@ -179,10 +197,79 @@ def check_precision(precision, allow_none: bool = False):
                    f'{PRECISIONS}' + (' or None' if allow_none else ''))
 
 
+def _check_variables(variables):
+  """``variables`` is a flax variables dict: ``{'params': ..., ...}``."""
+  if not isinstance(variables, Mapping):
+    raise TypeError(f'variables must be the model\'s variables dict '
+                    f'({{"params": ..., "batch_stats": ...}}), got '
+                    f'{type(variables).__name__}')
+  if 'params' not in variables:
+    hint = (' (it looks like the params alone: pass {"params": params, ...})'
+            if variables else '')
+    raise ValueError(f'variables must hold a "params" collection, got keys '
+                     f'{sorted(variables)[:8]}{hint}')
+
+
+def _raise_if_mismatched(model, variables, inputs, error):
+  """A ValueError listing the variables ``model`` lacks, does not know, or
+  holds in another shape, when running it with ``variables`` failed
+  (``error``); nothing when they match (``error`` is raised as it is)."""
+  try:
+    expected = jax.eval_shape(model.init, jax.random.key(0),
+                              jax.ShapeDtypeStruct((1, *inputs.shape[1:]),
+                                                   inputs.dtype))
+  except Exception:  # pylint: disable=broad-except
+    return  # the model cannot run on these inputs at all: flax's error
+  flat = lambda tree: {  # noqa: E731
+      '/'.join(str(getattr(k, 'key', k)) for k in path): np.shape(leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, got = flat(expected), flat(variables)
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  shapes = sorted(f'{k} {got[k]} (expected {want[k]})'
+                  for k in set(want) & set(got) if want[k] != got[k])
+  if not (missing or unexpected or shapes):
+    return
+  parts = [f'{name}: {", ".join(items[:8])}'
+           + (f' and {len(items) - 8} more' if len(items) > 8 else '')
+           for name, items in (('missing', missing),
+                               ('unexpected', unexpected),
+                               ('wrong shape', shapes)) if items]
+  raise ValueError(
+      f'variables do not match the model {type(model).__name__} ('
+      + '; '.join(parts) + '); pass the variables of this model (e.g. '
+      'both from pxp_jax.checkpoints.load)') from error
+
+
+def _check_masks(masks, found):
+  """Each mask is ``(units,)`` for its unit."""
+  units = found.units()
+  bad = [f'{k}: {tuple(m.shape)} (expected ({units[k].size},))'
+         for k, m in masks.items() if tuple(m.shape) != (units[k].size,)]
+  if bad:
+    raise ValueError(f'masks must be (units,) arrays, got {", ".join(bad)}')
+
+
+def _check_bounds(composite, channels: int):
+  """The bounds of ZBox rules are scalars or one per input channel."""
+  for name, rule in zip(composite.names, composite.rules):
+    if not isinstance(rule, linear_rules.LinearRule):
+      continue
+    for field in ('low', 'high'):
+      shape = np.shape(getattr(rule, field))
+      if shape and shape[-1] not in (1, channels):
+        raise ValueError(
+            f'entry {name!r}: {field} has {shape[-1]} values but the inputs '
+            f'have {channels} channels; give one bound, or one per channel')
+
+
 def _check_arguments(inputs, targets):
   if inputs.ndim != 4:
     raise ValueError(f'inputs must be a batch of NHWC images, got shape '
                      f'{inputs.shape}')
+  if inputs.shape[0] == 0:
+    raise ValueError(f'inputs hold no images (shape {inputs.shape}); give at '
+                     'least one')
   if not jnp.issubdtype(inputs.dtype, jnp.floating):
     raise TypeError(f'inputs must be float images, got {inputs.dtype}')
   if targets.shape != inputs.shape[:1]:
@@ -193,10 +280,16 @@ def _check_arguments(inputs, targets):
                     f'{targets.dtype}')
 
 
-def _raise_if_not_finite(result: Attribution):
+def _raise_if_not_finite(result: Attribution, inputs):
   bad = [k for k, v in result.units.items() if not np.all(np.isfinite(v))]
   if bad or (result.input is not None
              and not np.all(np.isfinite(result.input))):
+    if _on_this_process(inputs):
+      images = np.flatnonzero(~np.isfinite(np.asarray(inputs)).reshape(
+          inputs.shape[0], -1).all(-1))
+      if images.size:
+        raise ValueError(f'inputs hold NaN or infinite values (images '
+                         f'{images[:10].tolist()} of the batch)')
     raise FloatingPointError(
         'relevance is NaN or infinite (input'
         + (f' and units {", ".join(bad[:10])}' if bad else '') + '); a '

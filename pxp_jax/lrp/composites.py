@@ -52,6 +52,15 @@ class Select:
     if bad:
       raise TypeError(f'Select kinds must be pxp_jax.models.kinds.Kind '
                       f'values, got {bad}')
+    if self.path is not None:
+      if not isinstance(self.path, str):
+        raise TypeError(f'Select path must be a regular expression string, '
+                        f'got {self.path!r}')
+      try:
+        re.compile(self.path)
+      except re.error as error:
+        raise ValueError(f'Select path {self.path!r} is not a regular '
+                         f'expression: {error}') from error
     if self.group is not None and self.group not in GROUPS:
       raise ValueError(f'unknown layer group {self.group!r}; use one of '
                        f'{GROUPS}')
@@ -71,6 +80,17 @@ class Select:
     if self.group is not None:
       return op.path in model_map.groups(self.boundaries)[self.group]
     return True
+
+
+def _check_rule(name: str, rule):
+  """A rule's type and hyperparameter ranges, errors naming the entry."""
+  if not isinstance(rule, rules.RULE_TYPES):
+    raise TypeError(f'entry {name!r}: {rule!r} is not a rule; use '
+                    'pxp_jax.rules')
+  try:
+    rules.check(rule)
+  except ValueError as error:
+    raise ValueError(f'entry {name!r}: {error}') from error
 
 
 class _ModelMap:
@@ -109,9 +129,7 @@ class Composite:
     for name, select, rule in entries:
       if not isinstance(select, Select):
         raise TypeError(f'entry {name!r}: expected a Select, got {select!r}')
-      if not isinstance(rule, rules.RULE_TYPES):
-        raise TypeError(f'entry {name!r}: {rule!r} is not a rule; use '
-                        'pxp_jax.rules')
+      _check_rule(name, rule)
     return cls(rules=tuple(r.as_arrays() for _, _, r in entries), names=names,
                selects=tuple(s for _, s, _ in entries),
                canonizers=tuple(canonizers))
@@ -122,8 +140,10 @@ class Composite:
   def with_rule(self, name: str, rule) -> 'Composite':
     """A copy with the rule of entry ``name`` replaced (same compiled code as
     long as the rule has the same type)."""
+    index = self._index(name)
+    _check_rule(name, rule)
     new = list(self.rules)
-    new[self._index(name)] = rule.as_arrays()
+    new[index] = rule.as_arrays()
     return self.replace(rules=tuple(new))
 
   def _index(self, name: str) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +141,102 @@ class LinearRule:
 
 def linear_rule(rule: str | int, *, eps=1e-6, gamma=0.25, alpha=2.0, beta=1.0,
                 low=0.0, high=0.0, zero_bias=False) -> LinearRule:
-  """A ``LinearRule`` by name (``names()``) with its hyperparameters."""
+  """A ``LinearRule`` by name (``names()``) with its hyperparameters.
+
+  Raises:
+    ValueError: for an unknown rule, or a hyperparameter out of its range:
+      ``eps``, ``gamma`` and ``beta`` finite and >= 0, ``alpha - beta = 1``
+      (alpha_beta), ``low < high`` everywhere (zbox). Traced values (inside
+      ``jit``) are not checked.
+  """
   if isinstance(rule, str):
     definition(rule)  # a clear error for an unknown name
     rule = names().index(rule)
+  elif not _traced(rule):
+    if (isinstance(rule, bool) or np.ndim(rule) != 0
+        or not np.issubdtype(np.asarray(rule).dtype, np.integer)
+        or not 0 <= int(rule) < len(_REGISTRY)):
+      raise ValueError(f'rule must be a name ({", ".join(_REGISTRY)}) or an '
+                       f'id in [0, {len(_REGISTRY)}), got {rule!r}')
+  check_hyperparameters(names()[int(rule)] if not _traced(rule) else None,
+                        eps=eps, gamma=gamma, alpha=alpha, beta=beta, low=low,
+                        high=high, zero_bias=zero_bias)
   return LinearRule(
       rule=jnp.asarray(rule, jnp.int32), eps=_float(eps), gamma=_float(gamma),
       alpha=_float(alpha), beta=_float(beta), low=_float(low), high=_float(high),
       zero_bias=jnp.asarray(zero_bias, jnp.bool_))
+
+
+def _traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def number(value, name: str, where: str) -> np.ndarray | None:
+  """``value`` as a float64 numpy array, or None if it is traced; a
+  ValueError naming ``name`` for strings, booleans, None, and NaN or
+  infinite values."""
+  if _traced(value):
+    return None
+  if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
+    raise ValueError(f'{where}: {name} must be a number, got {value!r}')
+  try:
+    array = np.asarray(jax.device_get(value))
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'{where}: {name} must be a number, got '
+                     f'{value!r}') from error
+  if array.dtype == object or not (np.issubdtype(array.dtype, np.number)):
+    raise ValueError(f'{where}: {name} must be a number, got {value!r}')
+  array = array.astype(np.float64)
+  if not np.all(np.isfinite(array)):
+    raise ValueError(f'{where}: {name} must be finite, got {value!r}')
+  return array
+
+
+def check_non_negative(value, name: str, where: str):
+  """A ValueError unless ``value`` is a finite number >= 0 (a stabiliser:
+  a negative one can cancel a denominator, giving relevance of 1e11 that
+  passes every finiteness check)."""
+  array = number(value, name, where)
+  if array is not None and np.any(array < 0):
+    raise ValueError(f'{where}: {name} must be >= 0, got {value!r}')
+
+
+def check_hyperparameters(rule: str | None, *, eps, gamma, alpha, beta, low,
+                          high, zero_bias):
+  """The ranges of ``linear_rule``'s hyperparameters (``rule`` None: a
+  traced rule id, the rule-specific checks skipped)."""
+  where = f'rules.{rule or "linear_rule"}'
+  for name, value in (('eps', eps), ('gamma', gamma), ('beta', beta)):
+    check_non_negative(value, name, where)
+  alpha_value = number(alpha, 'alpha', where)
+  low_value = number(low, 'low', where)
+  high_value = number(high, 'high', where)
+  if not (_traced(zero_bias) or isinstance(zero_bias, (bool, np.bool_))
+          or (isinstance(zero_bias, (int, np.integer)) and zero_bias in (0, 1))
+          or (isinstance(zero_bias, (np.ndarray, jax.Array))
+              and zero_bias.shape == () and zero_bias.dtype == bool)):
+    raise ValueError(f'{where}: zero_bias must be True or False, got '
+                     f'{zero_bias!r}')
+  beta_value = number(beta, 'beta', where)
+  if (rule == 'alpha_beta' and alpha_value is not None
+      and beta_value is not None
+      and np.any(np.abs(alpha_value - beta_value - 1) > 1e-6)):
+    raise ValueError(f'{where}: alpha - beta must be 1 to conserve '
+                     f'relevance, got alpha={alpha!r}, beta={beta!r}')
+  if rule == 'zbox' and low_value is not None and high_value is not None:
+    if low_value.ndim > 1 or high_value.ndim > 1:
+      raise ValueError(f'{where}: low and high are scalars or one value per '
+                       f'input channel, got shapes {low_value.shape} and '
+                       f'{high_value.shape}')
+    try:
+      ordered = np.all(low_value < high_value)
+    except ValueError as error:
+      raise ValueError(f'{where}: low and high must have the same number of '
+                       f'channels, got shapes {low_value.shape} and '
+                       f'{high_value.shape}') from error
+    if not ordered:
+      raise ValueError(f'{where}: the input bounds must satisfy low < high '
+                       f'in every channel, got low={low!r}, high={high!r}')
 
 
 def epsilon(eps=1e-6, zero_bias=False) -> LinearRule:
@@ -159,9 +248,6 @@ def zplus(eps=1e-6, zero_bias=False) -> LinearRule:
 
 
 def alpha_beta(alpha=2.0, beta=1.0, eps=1e-6, zero_bias=False) -> LinearRule:
-  if not isinstance(alpha, jax.core.Tracer) and abs(alpha - beta - 1) > 1e-6:
-    raise ValueError(f'alpha - beta must be 1 to conserve relevance, got '
-                     f'alpha={alpha}, beta={beta}')
   return linear_rule('alpha_beta', alpha=alpha, beta=beta, eps=eps,
                      zero_bias=zero_bias)
 

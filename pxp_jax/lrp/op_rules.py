@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax.lrp.linear_rules import stabilize
+from pxp_jax.lrp.linear_rules import number, stabilize
 
 REGISTRY: dict[str, type] = {}
 
@@ -31,9 +31,36 @@ def _register(name: str):
 
 
 class _OpRule:
-  """What every parameter-free rule shares: JSON form and array leaves."""
+  """What every parameter-free rule shares: JSON form, array leaves and the
+  ranges of the hyperparameters (``RANGES``: name -> (low, high), checked
+  on construction for the values a user writes, and by ``check`` for any
+  concrete value when a composite takes the rule)."""
 
   rule_name = ''
+  RANGES = {'eps': (0.0, np.inf)}
+
+  def __post_init__(self):
+    # Also runs when JAX rebuilds the pytree (tracers, device arrays or
+    # placeholders as fields): only the values a user writes are checked
+    # here, without a device transfer.
+    self.check(lambda v: isinstance(v, (int, float, str, bytes, np.ndarray,
+                                        np.generic)))
+
+  def check(self, checked=lambda v: True):
+    """A ValueError naming a hyperparameter that is not a finite number in
+    its range (traced values are not checked)."""
+    where = type(self).__name__
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if not checked(value):
+        continue
+      array = number(value, field.name, where)
+      low, high = self.RANGES.get(field.name, (-np.inf, np.inf))
+      if array is not None and np.any((array < low) | (array > high)):
+        bound = (f'>= {low:g}' if high == np.inf
+                 else f'in [{low:g}, {high:g}]')
+        raise ValueError(f'{where}: {field.name} must be {bound}, got '
+                         f'{value!r}')
 
   def to_json(self) -> dict:
     return {'rule': self.rule_name, **{
@@ -145,6 +172,7 @@ class SoftmaxZPlus(_OpRule):
   2024). See ``softmax_zplus``."""
   virtual_bias: Any = 1.0
   eps: Any = 1e-6
+  RANGES = {'virtual_bias': (0.0, 1.0), 'eps': (0.0, np.inf)}
 
   def apply(self, call, proceed, context):
     del proceed, context

@@ -7,6 +7,8 @@ operations) so that a custom composite needs one import.
 
 from __future__ import annotations
 
+import inspect
+
 from pxp_jax import structure
 from pxp_jax.lrp import rules
 from pxp_jax.lrp.canonize import MergeBatchNorm
@@ -87,7 +89,7 @@ def _transformer(linear, eps, attention):
   """A transformer composite: ``linear`` the entries of the conv and dense
   layers, ``attention`` the name of the rules of the softmax and the two
   attention products (``ATTENTION_RULES``)."""
-  if attention not in _ATTENTION:
+  if not isinstance(attention, str) or attention not in _ATTENTION:
     raise ValueError(f'unknown attention rule {attention!r}; choose among '
                      f'{ATTENTION_RULES}')
   return Composite.of([
@@ -156,6 +158,11 @@ def cp_lrp(eps=1e-6, gamma=None) -> Composite:
 
 
 def _group_rules(defaults, chosen) -> dict:
+  for group, rule in chosen.items():
+    if rule is not None and not isinstance(rule, rules.LinearRule):
+      raise TypeError(f'group {group!r} takes a conv / dense layer rule '
+                      f'(rules.{", rules.".join(rules.names())}), got '
+                      f'{rule!r}')
   return {g: defaults[g] if chosen.get(g) is None else chosen[g]
           for g in GROUPS}
 
@@ -163,6 +170,14 @@ def _group_rules(defaults, chosen) -> dict:
 def _boundaries(boundaries):
   """None (the family's stages) or a ``(b1, b2)`` tuple; JSON files hold a
   list, or an empty one for the stages."""
+  if boundaries is not None and not isinstance(boundaries, (tuple, list)):
+    raise ValueError(f'boundaries must be None (by stage) or (b1, b2), '
+                     f'fractions where the middle and high groups start, got '
+                     f'{boundaries!r}')
+  if boundaries and any(isinstance(b, (bool, str)) or
+                        not isinstance(b, (int, float)) for b in boundaries):
+    raise ValueError(f'boundaries must be two numbers (b1, b2), got '
+                     f'{boundaries!r}')
   return tuple(boundaries) if boundaries else None
 
 
@@ -217,6 +232,10 @@ def pxp_groups(low=None, middle=None, high=None, fc=None, *,
     missing = set(GROUPS[:3]) - set(boundaries)
     if missing:
       raise ValueError(f'boundaries lacks group(s) {sorted(missing)}')
+    unknown = set(boundaries) - set(GROUPS[:3])
+    if unknown:
+      raise ValueError(f'boundaries has unknown group(s) {sorted(unknown)}; '
+                       f'the conv groups are {GROUPS[:3]}')
     selects = {g: Select((Kind.CONV,), path=boundaries[g]) for g in GROUPS[:3]}
     selects['fc'] = Select((Kind.DENSE,))
   else:
@@ -245,6 +264,11 @@ def get(name: str, **kwargs) -> Composite:
   if name not in PRESETS:
     raise ValueError(f'unknown composite {name!r}; presets: '
                      f'{", ".join(sorted(PRESETS))}')
+  takes = inspect.signature(PRESETS[name]).parameters
+  unknown = sorted(set(kwargs) - set(takes))
+  if unknown:
+    raise TypeError(f'composite {name!r} takes no argument(s) {unknown}; it '
+                    f'takes {list(takes)}')
   return PRESETS[name](**kwargs)
 
 
@@ -296,11 +320,19 @@ def from_json(spec: dict) -> Composite:
   """A preset from ``{"preset": name, "args": {...}}``; arguments that are
   dicts with a ``"rule"`` key become rules (e.g. the groups of
   ``pxp_groups``)."""
-  if 'preset' not in spec:
-    raise ValueError('a composite JSON needs "preset" (one of '
-                     f'{", ".join(sorted(PRESETS))}) and optional "args"')
+  if not isinstance(spec, dict) or 'preset' not in spec:
+    raise ValueError('a composite JSON is {"preset": name, "args": {...}} '
+                     f'(presets: {", ".join(sorted(PRESETS))}), got {spec!r}')
+  unknown = sorted(set(spec) - {'preset', 'args'})
+  if unknown:
+    raise ValueError(f'a composite JSON has "preset" and "args" only, got '
+                     f'{unknown} too')
+  raw = spec.get('args', {})
+  if not isinstance(raw, dict):
+    raise ValueError(f'a composite JSON\'s "args" must be an object of '
+                     f'keyword arguments of {spec["preset"]!r}, got {raw!r}')
   args = {k: rules.from_json(v) if isinstance(v, dict) and 'rule' in v else v
-          for k, v in spec.get('args', {}).items()}
+          for k, v in raw.items()}
   if 'boundaries' in args and not isinstance(args['boundaries'], dict):
     args['boundaries'] = _boundaries(args['boundaries'])
   return get(spec['preset'], **args)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import numpy as np
 
 from pxp_jax.models import layers, spec
 from pxp_jax.models.kinds import Kind
@@ -160,6 +161,32 @@ class ResNet(nn.Module):
   small_input: bool = False
   remat: bool = False
   widths: tuple[tuple[str, int], ...] | None = None
+
+  def __post_init__(self):
+    super().__post_init__()
+    spec.check_sizes(self, 'stage_sizes')
+    if not self.stage_sizes:
+      raise ValueError('ResNet: stage_sizes must name at least one stage, '
+                       'e.g. (2, 2, 2, 2) for ResNet-18')
+    if not (isinstance(self.block, type) and issubclass(self.block, nn.Module)
+            and hasattr(self.block, 'expansion')):
+      raise ValueError(f'ResNet: block must be BasicBlock or Bottleneck (a '
+                       f'flax module class with an expansion), got '
+                       f'{self.block!r}')
+    if (isinstance(self.width, bool)
+        or not isinstance(self.width, (int, float, np.number))
+        or not np.isfinite(self.width) or self.width <= 0):
+      raise ValueError(f'ResNet: width must be a finite number > 0 (the '
+                       f'multiplier of 64, 128, 256, 512), got {self.width!r}')
+    spec.check_int(self, 'num_classes')
+    spec.check_bool(self, 'small_input', 'remat')
+    if self.widths is not None:
+      for entry in self.widths:
+        if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+            or not isinstance(entry[0], str)):
+          raise ValueError(f'ResNet: widths holds (conv path, channels) '
+                           f'pairs, got {entry!r}')
+        spec.check_int(self, f'widths[{entry[0]!r}]', value=entry[1])
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -146,6 +146,41 @@ def same_names(name: str) -> str:
   return name
 
 
+def check_int(model, name: str, minimum: int = 1, value=None) -> int:
+  """``model.<name>`` (or ``value``) as an int ``>= minimum``; a ValueError
+  naming the model class, the attribute and the value otherwise (the
+  hyper-parameter checks of the families' ``__post_init__``)."""
+  value = getattr(model, name) if value is None else value
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer)) or value < minimum):
+    raise ValueError(f'{type(model).__name__}: {name} must be an integer '
+                     f'>= {minimum}, got {value!r}')
+  return int(value)
+
+
+def check_sizes(model, name: str, minimum: int = 1, length=None) -> tuple:
+  """``model.<name>``, a tuple or list of ints ``>= minimum`` (of
+  ``length`` entries if given), as a tuple."""
+  sizes = getattr(model, name)
+  if not isinstance(sizes, (tuple, list)) or (
+      length is not None and len(sizes) != length):
+    raise ValueError(
+        f'{type(model).__name__}: {name} must be a tuple of '
+        + (f'{length} ' if length is not None else '')
+        + f'integers >= {minimum}, got {sizes!r}')
+  for i, v in enumerate(sizes):
+    check_int(model, f'{name}[{i}]', minimum, value=v)
+  return tuple(sizes)
+
+
+def check_bool(model, *names: str):
+  """``model.<name>`` is True or False for each of ``names``."""
+  for name in names:
+    if not isinstance(getattr(model, name), (bool, np.bool_)):
+      raise ValueError(f'{type(model).__name__}: {name} must be True or '
+                       f'False, got {getattr(model, name)!r}')
+
+
 GENERIC = Spec('flax')
 _SPECS: list[Spec] = []
 

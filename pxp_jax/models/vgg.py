@@ -129,9 +129,32 @@ class VGG(nn.Module):
   pool_size: tuple[int, int] = (7, 7)
   remat: bool = False
 
+  def __post_init__(self):
+    super().__post_init__()
+    if not isinstance(self.config, (tuple, list)):
+      raise ValueError(f'VGG: config must be a tuple of conv widths and '
+                       f'\'M\' (max-pool), got {self.config!r}')
+    for v in self.config:
+      if v != 'M':
+        spec.check_int(self, 'config entry', value=v)
+    if not any(v != 'M' for v in self.config):
+      raise ValueError(f'VGG: config must hold at least one conv width, got '
+                       f'{self.config!r}')
+    if isinstance(self.hidden, (tuple, list)):
+      spec.check_sizes(self, 'hidden', length=2)
+    else:
+      spec.check_int(self, 'hidden')
+    spec.check_sizes(self, 'pool_size', length=2)
+    spec.check_int(self, 'num_classes')
+    spec.check_bool(self, 'batch_norm', 'remat')
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     layers.check_images(x)
+    pools = sum(v == 'M' for v in self.config)
+    if min(x.shape[1:3]) < 2**pools:
+      raise ValueError(f'VGG: {pools} max-pools need images of at least '
+                       f'{2**pools}x{2**pools}, got {tuple(x.shape[1:3])}')
     x = Features(tuple(self.config), self.batch_norm, self.remat,
                  name='features')(x, train)
     x = layers.AdaptiveAvgPool(tuple(self.pool_size), name='avgpool')(x)

@@ -172,13 +172,31 @@ class ViT(nn.Module):
   block_heads: tuple[int, ...] | None = None
   block_mlp_dims: tuple[int, ...] | None = None
 
+  def __post_init__(self):
+    super().__post_init__()
+    for name in ('image_size', 'patch_size', 'width', 'depth', 'num_heads',
+                 'mlp_dim', 'num_classes'):
+      spec.check_int(self, name)
+    if self.image_size % self.patch_size:
+      raise ValueError(f'ViT: image_size {self.image_size} is not a multiple '
+                       f'of patch_size {self.patch_size}')
+    if self.width % self.num_heads:
+      raise ValueError(f'ViT: width {self.width} is not divisible by '
+                       f'num_heads {self.num_heads}')
+    if (isinstance(self.ln_eps, bool)
+        or not isinstance(self.ln_eps, (int, float, np.number))
+        or not np.isfinite(self.ln_eps) or self.ln_eps < 0):
+      raise ValueError(f'ViT: ln_eps must be a finite number >= 0, got '
+                       f'{self.ln_eps!r}')
+    spec.check_bool(self, 'remat')
+    for name in ('block_heads', 'block_mlp_dims'):  # 0: all pruned
+      if getattr(self, name) is not None:
+        spec.check_sizes(self, name, 0, self.depth)
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no dropout and no BatchNorm: the same network either way
     layers.check_images(x, size=(self.image_size, self.image_size))
-    if self.image_size % self.patch_size:
-      raise ValueError(f'image_size {self.image_size} is not a multiple of '
-                       f'patch_size {self.patch_size}')
     x = PatchEmbed(self.patch_size, self.width, name='patch_embed')(x)
     cls = self.param('cls_token', nn.initializers.zeros, (1, 1, self.width))
     pos = self.param('pos_embed', nn.initializers.normal(0.02),
