@@ -3,6 +3,7 @@ or a config file), a --workdir, and the flags that join the processes of a
 multi-host job."""
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -46,12 +47,18 @@ class _ShippedNames(flags.ArgumentParser):
     self.file_parser = file_parser
 
   def parse(self, argument):
+    path = config_file(argument)
     try:
-      return self.file_parser.parse(config_file(argument))
+      return self.file_parser.parse(path)
     except (TypeError, ValueError) as error:
       # ml_collections re-raises get_config's error with its traceback as
       # the message: keep the error itself.
       raise type(error)(str(error.__context__ or error)) from error
+    except (AttributeError, SyntaxError, ImportError) as error:
+      raise ValueError(
+          f'config file {path.partition(":")[0]} does not load ('
+          f'{type(error).__name__}: {error}); a config file defines '
+          'get_config(arg) returning an ml_collections.ConfigDict') from error
 
   def flag_type(self):
     return self.file_parser.flag_type()
@@ -71,6 +78,23 @@ def define_config_and_workdir(default_config: str, help_text: str):
   workdir = flags.DEFINE_string('workdir', None, 'Output folder; a re-run '
                                 'with the same config resumes.', required=True)
   return config, workdir
+
+
+def parse_flags(argv):
+  """absl's flag parsing (``app.run``'s ``flags_parser``), with an override
+  of a field the config lacks (``--config.modle=...``, which ml_collections
+  raises as an AttributeError or KeyError) as a usage error."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    message = str(error).strip('\'"').replace("\\'", "'")
+    message = ' '.join(message.replace('\\n', '\n').split())
+    message = message.replace("' Did you mean", "'. Did you mean")
+    sys.stderr.write(
+        f'FATAL Flags parsing error: --config has no field {message} '
+        '(--config.FIELD=VALUE sets a field the config has: see the config '
+        'file or --helpfull)\n')
+    sys.exit(1)
 
 
 def start(argv, processes: bool = True) -> None:

@@ -98,7 +98,7 @@ def _cell(value) -> str:
 
 def run():
   """The ``pxp-evaluate`` console script."""
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

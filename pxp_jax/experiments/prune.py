@@ -23,7 +23,7 @@ def main(argv):
 
 def run():
   """The ``pxp-prune`` console script."""
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
