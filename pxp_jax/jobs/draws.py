@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pxp_jax import distribute
-from pxp_jax.jobs import report, workdir as workdir_lib
+from pxp_jax.jobs import report, validate, workdir as workdir_lib
 
 
 def repeat(job: Callable[..., dict], config, workdir, *, stem: str,
@@ -35,8 +35,7 @@ def repeat(job: Callable[..., dict], config, workdir, *, stem: str,
   Returns:
     The job's results, or their summary over draws.
   """
-  if config.draws < 1:
-    raise ValueError(f'draws must be >= 1, got {config.draws}')
+  validate.for_job(job)(config)  # before any draw claims a workdir
   if config.draws == 1:
     return job(config, workdir, **kwargs)
   workdir = pathlib.Path(workdir).resolve()

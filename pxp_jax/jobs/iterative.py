@@ -36,11 +36,11 @@ import orbax.checkpoint as ocp
 
 import pxp_jax
 from pxp_jax import data, distribute, slim as slim_lib
-from pxp_jax.jobs import task as task_lib
+from pxp_jax.jobs import task as task_lib, validate
 from pxp_jax.jobs import workdir as workdir_lib
-from pxp_jax.prune import masking, ranking
+from pxp_jax.prune import finetune, masking, ranking
 
-CRITERIA = ('lrp', 'weight', 'gradient', 'taylor', 'random')
+CRITERIA = validate.ITERATIVE_CRITERIA
 
 
 def rates_of(target_rate: float, step: float) -> list[float]:
@@ -56,15 +56,9 @@ def rates_of(target_rate: float, step: float) -> list[float]:
 @workdir_lib.exclusive
 def iterative(config, workdir) -> dict[str, Any]:
   """Runs iterative pruning; returns the dict written to results.json."""
+  validate.iterative(config)
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  unknown = [c for c in config.criteria if c not in CRITERIA]
-  if unknown or not config.criteria:
-    raise ValueError(f'criteria {tuple(config.criteria)}: each must be one of '
-                     f'{CRITERIA}')
-  if config.fine_tune_steps < 0:
-    raise ValueError(f'fine_tune_steps must be >= 0, got '
-                     f'{config.fine_tune_steps}')
   rates = rates_of(float(config.target_rate), float(config.step))
   workdir_lib.claim(workdir, config)
   start = time.time()
@@ -262,6 +256,12 @@ def _fine_tune(config, task, step_fn, params, frozen, opt_state, seed):
     batch = distribute.on_devices(next(batches), mesh)
     params, opt_state, _ = step_fn(params, frozen, opt_state, batch['image'],
                                    batch['label'])
+  if not finetune.finite(params):  # one read per round
+    raise FloatingPointError(
+        f'the parameters are NaN or infinite after {config.fine_tune_steps} '
+        'fine-tuning steps; this round was not saved. Lower '
+        f'--config.fine_tune_lr={config.fine_tune_lr} and run in a new '
+        '--workdir')
   return params, opt_state
 
 

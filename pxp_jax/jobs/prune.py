@@ -25,6 +25,7 @@ import numpy as np
 import pxp_jax
 from pxp_jax import data, distribute, plot
 from pxp_jax.jobs import analyses, logs, report, sizes, task as task_lib
+from pxp_jax.jobs import validate
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.prune import finetune, ranking
@@ -38,12 +39,9 @@ NORMS = {'lrp': 1, 'weight': 1, 'gradient': 2, 'taylor': 2,
 @workdir_lib.exclusive
 def prune(config, workdir) -> dict[str, Any]:
   """Runs the pruning experiment; returns the dict written to results.json."""
+  validate.prune(config)
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.stability and 'lrp' not in config.criteria:
-    raise ValueError('config.stability needs the lrp criterion (its masks '
-                     f'prune the model), got criteria {config.criteria}')
-  sizes.check(config)
   workdir_lib.claim(workdir, config)
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()
@@ -130,10 +128,8 @@ def prune(config, workdir) -> dict[str, Any]:
 def _fine_tune_all(config, task, masks, rates, results, log):
   """Fine-tunes the model pruned by each criterion at ``fine_tune_rate`` on
   the train split and records the test accuracy before and after."""
-  rate = float(config.fine_tune_rate)
-  if rate not in rates:
-    raise ValueError(f'fine_tune_rate {rate} is not one of the rates {rates}')
-  r = rates.index(rate)
+  rate = float(config.fine_tune_rate)  # one of the rates (jobs.validate)
+  r = [float(x) for x in rates].index(rate)
   for name, summary in results['criteria'].items():
     row = {k: v[r] for k, v in masks[name][0].items()}
     tuned = finetune.fine_tune(

@@ -29,25 +29,6 @@ EXPORT_CRITERION = 'lrp'
 TORCHVISION_FILE = 'torchvision.safetensors'
 
 
-def check(config) -> None:
-  """Clear errors for ``slim`` and ``export_rate`` before any work."""
-  unknown = [c for c in config.slim if c not in config.criteria]
-  if unknown:
-    raise ValueError(f'config.slim names {unknown}, which are not among the '
-                     f'criteria {tuple(config.criteria)}; slim some of them '
-                     'or set --config.slim="()"')
-  if config.export_rate:
-    if EXPORT_CRITERION not in config.criteria:
-      raise ValueError(f'config.export_rate={config.export_rate} exports the '
-                       'model pruned by lrp; add lrp to the criteria')
-    if float(config.export_rate) not in [float(r) for r in config.rates]:
-      raise ValueError(f'export_rate {config.export_rate} is not one of the '
-                       f'rates {tuple(config.rates)}; choose one of them')
-  if config.size_batch < 1 or config.size_repeats < 1:
-    raise ValueError(f'size_batch and size_repeats must be >= 1, got '
-                     f'{config.size_batch}, {config.size_repeats}')
-
-
 def _row(masks: Mapping[str, np.ndarray], r: int) -> dict[str, np.ndarray]:
   return {k: np.asarray(v[r]) for k, v in masks.items()}
 

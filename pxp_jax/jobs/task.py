@@ -84,7 +84,9 @@ class Task:
     self.dataset = self.dataset or self.recipe['dataset']
     if self.class_draw:
       if self.classes:
-        raise ValueError('give classes or class_draw, not both')
+        raise ValueError(f'--config.classes={tuple(self.classes)} and '
+                         f'--config.class_draw={self.class_draw} both choose '
+                         'the classes; give one of them')
       self.classes = draw_classes(self.num_classes, self.class_draw, self.seed)
     self.classes = _checked_classes(self.classes, self.num_classes)
     self.spec = spec_lib.spec_for(self.model)
@@ -92,13 +94,18 @@ class Task:
     self.found = structure.trace(self.model, self.variables,
                                  (1, size, size, 3))
     if self.other_classes not in OTHER_CLASSES:
-      raise ValueError(f'other_classes must be one of {OTHER_CLASSES}, got '
-                       f'{self.other_classes!r}')
+      raise ValueError(f'--config.other_classes={self.other_classes!r} is '
+                       f'not one of {", ".join(OTHER_CLASSES)}')
     if self.classes and self.other_classes == 'zeroed':
       self.variables = zero_other_classes(
           self.variables, self.spec.classifier or self.found.output_layer,
           self.classes)
     self.units_type = self.units_type or self.spec.default_units(self.found)
+    have = sorted({u.type for u in self.found.units().values()})
+    if self.units_type not in have:
+      raise ValueError(f'--config.units={self.units_type!r}: '
+                       f'{self.model_name} has no {self.units_type}; its units '
+                       f'are {", ".join(have)} (or \'\' for the family\'s)')
     self.device_mesh = distribute.make_mesh(self.mesh)
     self.variables = distribute.replicate(self.variables, self.device_mesh)
     self._references, self._samples, self._arrays = {}, {}, {}
@@ -127,9 +134,11 @@ class Task:
     ``n_per_class`` of each class (default: the task's)."""
     n = n_per_class or self.n_per_class
     if n not in self._references:
+      source = self.split(self.reference_split)
+      _check_per_class(data.labels_of(source), self._class_list(source), n,
+                       'n_per_class', f'{self.dataset}:{self.reference_split}')
       self._references[n] = data.reference_samples(
-          self.split(self.reference_split), n, seed=self.seed,
-          classes=self.classes)
+          source, n, seed=self.seed, classes=self.classes)
     return self._references[n]
 
   def references(self, n_per_class: int | None = None):
@@ -169,10 +178,22 @@ class Task:
         keep[drawn] = False
       if self.holdout_per_class:
         rest = data.Subset(source, np.flatnonzero(keep))
+        _check_per_class(
+            labels[rest.indices], self._class_list(source),
+            self.holdout_per_class, 'holdout_per_class',
+            f'{self.dataset}:{split} without the reference samples')
         held = data.reference_samples(rest, self.holdout_per_class,
                                       seed=self.seed + 1, classes=self.classes)
         return data.Subset(source, rest.indices[held])
     return source if keep.all() else data.Subset(source, np.flatnonzero(keep))
+
+  def _class_list(self, source) -> list[int]:
+    """The task's classes, or every class of ``source``."""
+    if self.classes is not None:
+      return list(self.classes)
+    num_classes = getattr(source, 'num_classes', None)
+    return (list(range(num_classes)) if num_classes
+            else np.unique(data.labels_of(source)).tolist())
 
   def batches(self, split: str, *, cached: bool = False):
     """This process's evaluation batches of ``split`` (``source``; on
@@ -295,7 +316,8 @@ def draw_classes(num_classes: int, count: int, seed: int) -> list[int]:
   ``np.random.default_rng(seed)``, sorted (the PXP reference draws its
   few-class tasks with the run's seed)."""
   if not 2 <= count <= num_classes:
-    raise ValueError(f'class_draw must lie in [2, {num_classes}], got {count}')
+    raise ValueError(f'--config.class_draw={count} must lie in [2, '
+                     f'{num_classes}]: the model has {num_classes} classes')
   rng = np.random.default_rng(seed)
   return sorted(int(c) for c in rng.choice(num_classes, count, replace=False))
 
@@ -305,15 +327,29 @@ def _checked_classes(classes, num_classes: int) -> list[int] | None:
   classes = [int(c) for c in classes]
   if not classes:
     return None
+  shown = f'--config.classes={tuple(classes)}'
   bad = [c for c in classes if not 0 <= c < num_classes]
   if bad:
-    raise ValueError(f'classes {bad} are not classes of this model (0 to '
-                     f'{num_classes - 1})')
+    raise ValueError(f'{shown}: {bad} are not classes of this model; its '
+                     f'classes are 0 to {num_classes - 1}')
   if len(set(classes)) != len(classes) or len(classes) < 2:
-    raise ValueError(f'classes must name at least two different classes, got '
-                     f'{tuple(classes)}: with one class every pruned model '
-                     'is 100% accurate')
+    raise ValueError(f'{shown} must name at least two different classes: '
+                     'with one class every pruned model is 100% accurate')
   return classes
+
+
+def _check_per_class(labels, classes, wanted: int, field: str,
+                     where: str) -> None:
+  """A clear error when a class of ``classes`` has fewer than ``wanted``
+  examples in ``labels``."""
+  counts = {int(c): int(np.sum(labels == c)) for c in classes}
+  short = {c: n for c, n in counts.items() if n < wanted}
+  if short:
+    fewest = min(counts.values())
+    raise ValueError(
+        f'--config.{field}={wanted}, but {where} has fewer examples of '
+        f'classes {sorted(short)} ({", ".join(f"class {c}: {n}" for c, n in sorted(short.items())[:5])}); '
+        f'set --config.{field} to at most {fewest}')
 
 
 def zero_other_classes(variables, classifier: str, classes: Sequence[int]):

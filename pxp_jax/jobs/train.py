@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import pathlib
 import time
 from typing import Any
@@ -25,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from pxp_jax import checkpoints, data, distribute, evaluate, models
-from pxp_jax.jobs import logs
+from pxp_jax.jobs import logs, validate
 from pxp_jax.jobs import workdir as workdir_lib
 
 
@@ -104,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The dict written to ``workdir/results.json``.
   """
+  validate.train(config)
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.claim(workdir, config)
@@ -112,6 +114,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   split = lambda name: data.load(config.dataset, name,  # noqa: E731
                                  data_dir=config.data_dir or None)
   train_source = split(config.splits.train)
+  classes = getattr(train_source, 'num_classes', None)
+  if classes and classes > config.num_classes:
+    raise ValueError(f'--config.num_classes={config.num_classes}, but '
+                     f'{config.dataset!r} has {classes} classes: set '
+                     f'--config.num_classes={classes}')
   model = models.create(config.model, config.num_classes,
                         **config.model_overrides)
   # Data-parallel over the mesh: each process reads its part of the data
@@ -166,6 +173,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           state, arrays['image'], arrays['label'], key,
           config.augment_shift, config.label_smoothing)
       size = local_batch * jax.process_count()
+      if not math.isfinite(float(loss)):
+        raise FloatingPointError(
+            f'the training loss is {float(loss)} at epoch {epoch + 1}, step '
+            f'{step + 1}; nothing of this epoch was saved or exported. Lower '
+            f'--config.learning_rate={config.learning_rate} (or raise '
+            '--config.warmup_epochs) and train in a new --workdir')
       loss_sum += float(loss) * size
       correct += int(right)
       seen += size

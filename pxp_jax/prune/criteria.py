@@ -377,6 +377,17 @@ def _summed(per_batch: Callable, images, labels, units, batch_size, name, *,
   totals = {k: np.zeros(u.size) for k, u in units.items()}
   labels = np.asarray(labels)  # images: an array, or data.Images read lazily
   count = len(labels)
+  if labels.ndim != 1 or not count:
+    raise ValueError(f'{name}: labels must be a non-empty (N,) vector, got '
+                     f'shape {labels.shape}; score units on at least one '
+                     'reference sample')
+  if len(images) != count:
+    raise ValueError(f'{name}: {len(images)} images but {count} labels; give '
+                     'one label per image')
+  if isinstance(batch_size, bool) or int(batch_size) != batch_size or (
+      batch_size < 1):
+    raise ValueError(f'{name}: batch_size must be an integer >= 1, got '
+                     f'{batch_size!r}')
   if mesh is not None:
     step = distribute.batch_multiple(mesh)
     batch_size = -(-batch_size // step) * step

@@ -9,6 +9,7 @@ statistics stay frozen (few-shot data would make them noisy).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -38,6 +39,14 @@ def fine_tune(model, variables, masks: Mapping[str, jax.Array],
     The fine-tuned variables (use them with the same masks). One compiled
     step serves every mask and learning rate.
   """
+  if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+    raise ValueError(f'fine_tune: steps must be an integer >= 0, got {steps!r}')
+  if not (math.isfinite(learning_rate) and learning_rate > 0):
+    raise ValueError(f'fine_tune: learning_rate must be finite and > 0, got '
+                     f'{learning_rate!r}')
+  if not (math.isfinite(weight_decay) and weight_decay >= 0):
+    raise ValueError(f'fine_tune: weight_decay must be finite and >= 0, got '
+                     f'{weight_decay!r}')
   params = variables['params']
   # The hyperparameters live in the optimiser state: one step serves all.
   state = _ADAMW(learning_rate=learning_rate,
@@ -52,7 +61,18 @@ def fine_tune(model, variables, masks: Mapping[str, jax.Array],
     batch = distribute.on_devices(next(batches), mesh)
     params, state, _ = step(params, frozen, state, masks, batch['image'],
                             batch['label'])
+  if steps and not finite(params):  # a diverged run: read once at the end
+    raise FloatingPointError(
+        f'fine_tune: the parameters are NaN or infinite after {steps} steps '
+        f'at learning rate {learning_rate}; lower it')
   return {**variables, 'params': params}
+
+
+@jax.jit
+def finite(params) -> jax.Array:
+  """Whether every parameter is finite (a run that diverged is not)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                            for p in jax.tree.leaves(params)]))
 
 
 _ADAMW = optax.inject_hyperparams(optax.adamw)

@@ -14,6 +14,10 @@ def summarize(rates: Sequence[float], accuracy: Sequence[float],
   """A_PR (mean accuracy over rates), trapezoid AUC over the rates, and
   Top-PR: the highest rate whose accuracy keeps 95% of the unpruned one."""
   rates, accuracy = np.asarray(rates, float), np.asarray(accuracy, float)
+  if rates.ndim != 1 or not rates.size or accuracy.shape != rates.shape:
+    raise ValueError(f'summarize needs one accuracy per rate, got rates of '
+                     f'shape {rates.shape} and accuracy of shape '
+                     f'{accuracy.shape}')
   kept = rates[accuracy >= 0.95 * unpruned]
   return dict(rates=rates.tolist(), accuracy=accuracy.tolist(),
               a_pr=float(accuracy.mean()),
@@ -41,6 +45,13 @@ def standard_errors(rates: Sequence[float], runs: np.ndarray) -> dict:
 def stack(per_criterion: Mapping[str, Mapping[str, jax.Array]]) -> dict:
   """{criterion: {unit: (R, n)}} -> {unit: (C * R, n)} in criterion order."""
   names = list(per_criterion)
+  if not names:
+    raise ValueError('stack needs the masks of at least one criterion')
   keys = list(per_criterion[names[0]])
+  for c in names[1:]:
+    if list(per_criterion[c]) != keys:
+      raise ValueError(f'the masks of {c!r} name units {list(per_criterion[c])}'
+                       f', those of {names[0]!r} name {keys}: stack masks of '
+                       'the same units')
   return {k: jnp.concatenate([per_criterion[c][k] for c in names])
           for k in keys}

@@ -47,6 +47,13 @@ def masks(scores: Mapping[str, jax.Array], rates: Sequence[float], *,
     raise ValueError(f'rates must be increasing and lie in [0, 1), e.g. '
                      f'(0.0, 0.05, ..., 0.95); got {rates.tolist()}')
   keys = list(scores)
+  if not keys or not sum(np.size(scores[k]) for k in keys):
+    raise ValueError('scores name no unit; pass unit key -> (units,) scores '
+                     '(a criterion\'s score)')
+  nan = [k for k in keys if np.any(np.isnan(np.asarray(scores[k], float)))]
+  if nan:
+    raise ValueError(f'scores of {nan[:5]} are NaN: a NaN ranks nowhere; '
+                     'score the units again (a pruned unit may score -inf)')
   if per_layer:
     return {k: _rank_masks(np.asarray(scores[k])[None], rates, keep_one)[0]
             for k in keys}

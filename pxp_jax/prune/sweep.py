@@ -95,6 +95,7 @@ def sweep_accuracy(model, variables, batches: Iterable, stacked: Mapping,
   multiple of the rows axis. On several processes ``batches`` are this
   process's own and every process passes the same ``n_batches`` and
   ``batch_size`` (a process out of batches contributes padding)."""
+  _check_sweep(stacked, num_classes, classes)
   allowed = np.zeros(num_classes, bool)
   allowed[list(range(num_classes)) if classes is None else list(classes)] = True
   if mesh is not None:
@@ -108,8 +109,31 @@ def sweep_accuracy(model, variables, batches: Iterable, stacked: Mapping,
                                        jnp.asarray(allowed)))
     total += len(batch['label'])
   if total == 0:
-    raise ValueError('no examples to evaluate')
+    raise ValueError(_NO_EXAMPLES)
   return correct / total
+
+
+_NO_EXAMPLES = ('no examples to evaluate: the batches are empty (an empty '
+                'split, or none of its examples is of the chosen classes)')
+
+
+def _check_sweep(stacked, num_classes, classes) -> None:
+  """Clear errors for masks without rows and classes out of range."""
+  if not stacked:
+    raise ValueError('stacked masks name no unit; pass unit key -> (rows, '
+                     'units) masks (metrics.stack of ranking.masks)')
+  rows = {k: np.shape(v) for k, v in stacked.items()}
+  if any(len(r) != 2 for r in rows.values()) or len(
+      {r[0] for r in rows.values()}) != 1 or not next(iter(rows.values()))[0]:
+    raise ValueError(f'stacked masks must be unit key -> (rows, units) with '
+                     f'the same rows >= 1 for every unit, got shapes {rows}')
+  if isinstance(num_classes, bool) or num_classes < 1:
+    raise ValueError(f'num_classes must be >= 1, got {num_classes!r}')
+  if classes is not None:
+    bad = [c for c in classes if not 0 <= int(c) < num_classes]
+    if bad or not len(classes):
+      raise ValueError(f'classes {list(classes)} must be one or more of the '
+                       f'model\'s classes 0 to {num_classes - 1}')
 
 
 def _sharded_accuracy(model, variables, batches, stacked, allowed, mesh, run,
@@ -130,5 +154,5 @@ def _sharded_accuracy(model, variables, batches, stacked, allowed, mesh, run,
     total = total + jnp.sum(batch['label'] >= 0)
   correct, total = distribute.to_host(correct), int(distribute.to_host(total))
   if total == 0:
-    raise ValueError('no examples to evaluate')
+    raise ValueError(_NO_EXAMPLES)
   return (correct / total)[:rows]

@@ -1,0 +1,357 @@
+"""A job's config checked once, when the job starts: before any data is read
+or any program compiled.
+
+Every error is a ``ValueError`` that names the field as it is written on the
+command line (``--config.FIELD``), its value and what to write instead. The
+checks are grouped as the configs' fields are (``experiments/configs``):
+
+- ``pruning``: the fields every pruning job shares (the model's task, the
+  reference samples, units, rates, batches, mesh and precision; and the
+  faithfulness fields where the config has them), for the prune job, the
+  iterative job and the search;
+- ``prune``, ``iterative``, ``train``: one job's whole config.
+
+Checks that need the data or the model (classes the model has, examples per
+class) are made where those are read (``pxp_jax.jobs.task``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import pathlib
+from collections.abc import Callable, Sequence
+
+from pxp_jax import distribute, faithfulness, structure
+from pxp_jax.jobs import analyses, task as task_lib
+from pxp_jax.lrp import attribution, presets
+from pxp_jax.prune import criteria as criteria_lib
+
+OPTIMIZERS = ('sgd', 'adamw')
+# The iterative job's criteria: integrated gradients is one-shot only.
+ITERATIVE_CRITERIA = ('lrp', 'weight', 'gradient', 'taylor', 'random')
+
+
+def pruning(config) -> None:
+  """The fields of ``options.pruning_fields`` (rates, random seeds and draws
+  where the config has them), of ``options.scale_fields`` and of
+  ``options.faithfulness_fields`` where present. The search can call this
+  on its config: fields a config lacks are skipped."""
+  _name(config, 'model')
+  for field in ('reference_split', 'eval_split'):
+    if field in config:
+      _name(config, field)
+  _classes(config)
+  _count(config, 'n_per_class', 1, 'reference samples per class')
+  _count(config, 'holdout_per_class', 0,
+         'evaluation examples per class on the reference split, 0 = all')
+  _count(config, 'seed', 0, 'the seed of classes and reference samples')
+  _choice(config, 'other_classes', task_lib.OTHER_CLASSES)
+  if config.units:
+    _choice(config, 'units', structure.UNIT_TYPES, empty='the family\'s')
+  _count(config, 'batch_size', 1, 'reference samples per relevance pass')
+  _count(config, 'eval_batch_size', 1, 'images per evaluation batch')
+  if 'rates' in config:
+    rates(config.rates)
+  if 'random_seeds' in config:
+    _count(config, 'random_seeds', 1, 'seeds of the random baseline')
+  if 'draws' in config:
+    _count(config, 'draws', 1, 'repeats with seeds seed, seed + 1, ...')
+  if 'precision' in config:
+    _choice(config, 'precision', attribution.PRECISIONS)
+  if 'mesh' in config:
+    _mesh(config.mesh)
+  if 'faithfulness' in config:
+    _faithfulness(config)
+  if 'composite' in config:
+    _composite(config)
+
+
+def prune(config) -> None:
+  """The prune job's config (``experiments/configs/prune.py``)."""
+  pruning(config)
+  names = _criteria(config, tuple(criteria_lib.REGISTRY))
+  _count(config, 'ig_steps', 1, 'integrated gradients path points')
+  _choice(config, 'ig_form', criteria_lib.IG_FORMS)
+  _count(config, 'heatmaps', 0, 'LRP heatmaps drawn, 0 = none')
+  _count(config, 'stability', 0, 'images of the stability analysis, 0 = off')
+  if config.stability and 'lrp' not in names:
+    raise ValueError(f'--config.stability={config.stability}: stability '
+                     'needs the lrp criterion (its masks prune the model), '
+                     f'but --config.criteria={_show(tuple(names))}: add lrp '
+                     'or set --config.stability=0')
+  _count(config, 'fine_tune_steps', 0, 'fine-tuning steps, 0 = off')
+  if config.fine_tune_steps:
+    _fine_tuning(config)
+    _one_of_rates(config, 'fine_tune_rate')
+  unknown = [c for c in config.slim if c not in names]
+  if unknown:
+    raise ValueError(f'--config.slim names {unknown}, which are not among '
+                     f'--config.criteria={_show(tuple(names))}; slim some of '
+                     'them or set --config.slim="()"')
+  if config.slim:
+    _count(config, 'size_batch', 1, 'images per timed forward pass')
+    _count(config, 'size_repeats', 1, 'timed passes per model')
+  if config.export_rate:
+    if 'lrp' not in names:
+      raise ValueError(f'--config.export_rate={config.export_rate} exports '
+                       'the model pruned by lrp, but lrp is not among '
+                       f'--config.criteria={tuple(names)}: add lrp or set '
+                       '--config.export_rate=0')
+    _one_of_rates(config, 'export_rate')
+
+
+def iterative(config) -> None:
+  """The iterative job's config (``experiments/configs/iterative.py``)."""
+  pruning(config)
+  _criteria(config, ITERATIVE_CRITERIA)
+  for field in ('target_rate', 'step'):
+    _fraction(config, field)
+  if config.step > config.target_rate:
+    raise ValueError(f'--config.step={config.step} exceeds '
+                     f'--config.target_rate={config.target_rate}: each round '
+                     'prunes step of the units up to target_rate; make step '
+                     'at most target_rate')
+  _count(config, 'fine_tune_steps', 0, 'fine-tuning steps per round')
+  _fine_tuning(config)
+
+
+def train(config) -> None:
+  """The training config (``experiments/configs/train.py``)."""
+  _name(config, 'model')
+  _name(config, 'dataset')
+  for name in ('train', 'validation', 'test'):
+    value = config.splits.get(name)
+    if not isinstance(value, str) or not value:
+      raise ValueError(f'--config.splits.{name}={value!r} must name a split '
+                       "of the dataset, e.g. 'train'")
+  _count(config, 'num_classes', 2, 'classes of the dataset')
+  _count(config, 'seed', 0, 'the initialisation and shuffling seed')
+  _count(config, 'num_epochs', 1, 'training epochs')
+  _count(config, 'warmup_epochs', 0, 'epochs of linear warm-up')
+  if config.warmup_epochs > config.num_epochs:
+    raise ValueError(f'--config.warmup_epochs={config.warmup_epochs} exceeds '
+                     f'--config.num_epochs={config.num_epochs}: the learning '
+                     'rate would never reach its peak; make it at most '
+                     'num_epochs')
+  _count(config, 'batch_size', 1, 'training images per step')
+  _count(config, 'eval_batch_size', 1, 'images per evaluation batch')
+  _choice(config, 'optimizer', OPTIMIZERS)
+  _rate(config, 'learning_rate')
+  _finite(config, 'momentum', 0.0, 1.0, 'in [0, 1)', upper_open=True)
+  _finite(config, 'weight_decay', 0.0, math.inf, '>= 0')
+  _finite(config, 'label_smoothing', 0.0, 1.0, 'in [0, 1)', upper_open=True)
+  _count(config, 'augment_shift', 0, 'pixels of random translation, 0 = off')
+  if 'mesh' in config:
+    _mesh(config.mesh)
+
+
+def for_job(job: Callable) -> Callable:
+  """The check of ``job``'s config (``pxp_jax.jobs.draws`` checks it before
+  the first draw): ``prune`` or ``iterative`` by the job's module, else the
+  shared ``pruning`` fields (the search checks the rest itself)."""
+  return {'pxp_jax.jobs.prune': prune,
+          'pxp_jax.jobs.iterative': iterative}.get(
+              getattr(job, '__module__', ''), pruning)
+
+
+def rates(values, field: str = 'rates') -> list[float]:
+  """Pruning rates as floats: a non-empty, strictly increasing sequence in
+  [0, 1) (rate 0 is the unpruned model; without it the job measures the
+  unpruned model apart)."""
+  shown = f'--config.{field}={_show(values)}'
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    raise ValueError(f'{shown} must be a sequence of rates, e.g. '
+                     "'(0.0, 0.2, 0.4)'")
+  if not values:
+    raise ValueError(f'{shown} names no rate; give increasing rates in '
+                     "[0, 1), e.g. '(0.0, 0.05, 0.1)'")
+  out = []
+  for value in values:
+    if not _is_real(value) or not 0 <= value < 1:
+      raise ValueError(f'{shown}: {value!r} is not a pruning rate; each rate '
+                       'is a share of the units in [0, 1)')
+    out.append(float(value))
+  if any(b <= a for a, b in zip(out, out[1:])):
+    fixed = tuple(sorted(set(out)))
+    raise ValueError(f'{shown}: rates must be increasing, each rate once; '
+                     f'write {_show(fixed)}')
+  return out
+
+
+# Helpers ----------------------------------------------------------------------
+
+
+def _show(value) -> str:
+  """A value as it is written on the command line."""
+  if isinstance(value, (list, tuple)):
+    inner = ', '.join(_show(v) for v in value)
+    return f'({inner},)' if len(value) == 1 else f'({inner})'
+  return repr(value)
+
+
+def _is_real(value) -> bool:
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _count(config, field: str, low: int, meaning: str) -> None:
+  """An integer ``>= low`` (booleans are not counts)."""
+  if field not in config:
+    return
+  value = config[field]
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < low):
+    raise ValueError(f'--config.{field}={value!r} must be an integer >= '
+                     f'{low} ({meaning})')
+
+
+def _finite(config, field: str, low: float, high: float, span: str, *,
+            upper_open: bool = False, lower_open: bool = False) -> None:
+  value = config[field]
+  inside = (_is_real(value) and (value > low if lower_open else value >= low)
+            and (value < high if upper_open else value <= high))
+  if not inside:
+    raise ValueError(f'--config.{field}={value!r} must be a finite number '
+                     f'{span}')
+
+
+def _rate(config, field: str) -> None:
+  """A learning rate: finite and positive."""
+  _finite(config, field, 0.0, math.inf, '> 0, e.g. 1e-3', lower_open=True)
+
+
+def _fraction(config, field: str) -> None:
+  _finite(config, field, 0.0, 1.0, 'in (0, 1), a share of the units',
+          lower_open=True, upper_open=True)
+
+
+def _choice(config, field: str, choices: Sequence[str],
+            empty: str | None = None) -> None:
+  value = config[field]
+  if value not in choices:
+    also = f", or '' for {empty} default" if empty else ''
+    raise ValueError(f'--config.{field}={value!r}: {field} must be one of '
+                     f'{", ".join(choices)}{also}')
+
+
+def _name(config, field: str) -> None:
+  value = config[field]
+  if not isinstance(value, str) or not value:
+    raise ValueError(f'--config.{field}={value!r} must be a non-empty name')
+
+
+def _classes(config) -> None:
+  """The few-class task: ``classes`` (two or more different, non-negative;
+  their range is checked against the model in ``jobs.task``) or
+  ``class_draw`` (>= 2), not both."""
+  classes = tuple(config.classes)
+  shown = f'--config.classes={_show(classes)}'
+  bad = [c for c in classes
+         if not isinstance(c, numbers.Integral) or isinstance(c, bool)
+         or c < 0]
+  if bad:
+    raise ValueError(f'{shown}: {bad} are not class indices (integers >= 0)')
+  if classes and len(set(classes)) < 2:
+    raise ValueError(f'{shown} must name at least two different classes: '
+                     'with one class every pruned model is 100% accurate')
+  if len(set(classes)) != len(classes):
+    raise ValueError(f'{shown} names a class twice; write '
+                     f'{_show(tuple(sorted(set(classes))))}')
+  _count(config, 'class_draw', 0, 'classes drawn at random, 0 = off')
+  if 'class_draw' not in config or not config.class_draw:
+    return
+  if config.class_draw < 2:
+    raise ValueError(f'--config.class_draw={config.class_draw} must be >= 2 '
+                     '(with one class every pruned model is 100% accurate), '
+                     'or 0 for no draw')
+  if classes:
+    raise ValueError(f'{shown} and --config.class_draw={config.class_draw} '
+                     'both choose the classes; give one of them')
+
+
+def _composite(config) -> None:
+  """A preset name or a JSON file (which ``jobs.task`` reads), not both."""
+  name, path = config.composite, config.get('composite_json', '')
+  if name and path:
+    raise ValueError(f'--config.composite={name!r} and '
+                     f'--config.composite_json={path!r} both choose the '
+                     'composite; give one of them')
+  if name and name not in presets.PRESETS:
+    raise ValueError(f'--config.composite={name!r} is not a preset; use one '
+                     f'of {", ".join(sorted(presets.PRESETS))}, or \'\' for '
+                     'the family\'s default')
+  if path and not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f'--config.composite_json={path} does not exist; '
+                            'give the JSON file a search wrote '
+                            '(best_composite.json)')
+
+
+def _criteria(config, known: Sequence[str]) -> list[str]:
+  names = list(config.criteria)
+  shown = f'--config.criteria={_show(tuple(names))}'
+  if not names:
+    raise ValueError(f'{shown} names no criterion; use some of '
+                     f'{", ".join(known)}')
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'{shown}: unknown {unknown}; use some of '
+                     f'{", ".join(known)}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'{shown} names a criterion twice; write '
+                     f'{_show(tuple(dict.fromkeys(names)))}')
+  return names
+
+
+def _fine_tuning(config) -> None:
+  _rate(config, 'fine_tune_lr')
+  _count(config, 'fine_tune_batch', 1, 'training images per fine-tuning step')
+  if 'weight_decay' in config:
+    _finite(config, 'weight_decay', 0.0, math.inf, '>= 0')
+  if 'fine_tune_rate' in config:
+    _fraction(config, 'fine_tune_rate')
+
+
+def _one_of_rates(config, field: str) -> None:
+  value = config[field]
+  if not _is_real(value) or float(value) not in [float(r)
+                                                 for r in config.rates]:
+    raise ValueError(f'--config.{field}={value!r}: {field} {value} is not '
+                     f'one of --config.rates={_show(tuple(config.rates))}; '
+                     'choose one of them')
+
+
+def _mesh(mesh) -> None:
+  sizes = dict(mesh)
+  unknown = sorted(set(sizes) - set(distribute.AXES))
+  if unknown:
+    raise ValueError(f'--config.mesh has axes {unknown}; its axes are '
+                     f'{distribute.AXES}')
+  for axis, size in sizes.items():
+    if (not isinstance(size, numbers.Integral) or isinstance(size, bool)
+        or not (size >= 1 or size == -1)):
+      raise ValueError(f'--config.mesh.{axis}={size!r} must be a device '
+                       'count >= 1, or -1 for the devices the other axes '
+                       'leave')
+  if list(sizes.values()).count(-1) > 1:
+    raise ValueError(f'--config.mesh={sizes}: only one axis may be -1')
+
+
+def _faithfulness(config) -> None:
+  _count(config, 'faithfulness', 0, 'images of region perturbation, 0 = off')
+  if not config.faithfulness:
+    return
+  options = config.perturbation
+  if (not isinstance(options.patch_size, numbers.Integral)
+      or options.patch_size < 1):
+    raise ValueError(f'--config.perturbation.patch_size={options.patch_size!r}'
+                     ' must be an integer >= 1 (pixels of a square patch)')
+  if not isinstance(options.steps, numbers.Integral) or options.steps < 0:
+    raise ValueError(f'--config.perturbation.steps={options.steps!r} must be '
+                     'an integer >= 0 (curve points, 0 = one patch per step)')
+  if options.order not in faithfulness.ORDERS:
+    raise ValueError(f'--config.perturbation.order={options.order!r} is not '
+                     f'one of {", ".join(faithfulness.ORDERS)}')
+  if options.baseline not in analyses.BASELINES:
+    raise ValueError(f'--config.perturbation.baseline={options.baseline!r} '
+                     f'is not one of {", ".join(analyses.BASELINES)}')
