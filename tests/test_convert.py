@@ -268,3 +268,24 @@ def test_files_load_without_torch(tmp_path, monkeypatch):
   (tmp_path / 'vit.pth').write_bytes(b'')
   with pytest.raises(ImportError, match='safetensors'):
     convert.from_timm('vit', tmp_path / 'vit.pth', num_heads=2)
+
+
+def test_damaged_weight_files_are_named(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  _, variables, _ = _vit_tiny()
+  state = _timm_style(variables['params'])
+  save_file(state, tmp_path / 'vit.safetensors')
+  np.savez(tmp_path / 'vit.npz', **state)
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
+             tmp_path / 'vit.pth')
+  for name in ('vit.safetensors', 'vit.npz', 'vit.pth'):
+    whole = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(whole[:len(whole) // 2])  # cut short
+    with pytest.raises(ValueError, match=f'cannot read .*{name} as a '
+                       r'\.\w+ weights file .*complete'):
+      convert.from_timm('vit', tmp_path / name, num_heads=2)
+  with pytest.raises(FileNotFoundError, match='no weights file .*gone.npz'):
+    convert.from_timm('vit', tmp_path / 'gone.npz', num_heads=2)
+  with pytest.raises(ValueError, match='unknown checkpoint format'):
+    convert.from_timm('vit', tmp_path / 'vit.h5', num_heads=2)

@@ -29,25 +29,8 @@ def read_checkpoint(source) -> dict[str, np.ndarray]:
     ``{'state_dict': ...}`` or ``{'model': ...}`` envelope and the ``module.``
     and ``_orig_mod.`` prefixes of ``DataParallel`` and ``torch.compile``.
   """
-  # safetensors and torch are optional: imported only for their formats
   if isinstance(source, (str, os.PathLike)):
-    path = os.fspath(source)
-    if path.endswith('.safetensors'):
-      from safetensors.numpy import load_file
-      source = load_file(path)
-    elif path.endswith('.npz'):
-      with np.load(path, allow_pickle=False) as f:
-        source = dict(f)
-    elif path.endswith(('.pth', '.pt', '.bin', '.ckpt')):
-      try:
-        import torch
-      except ImportError as e:
-        raise ImportError(f'reading {path} needs torch; install it, or save '
-                          'the weights as .safetensors or .npz') from e
-      source = torch.load(path, map_location='cpu', weights_only=True)
-    else:
-      raise ValueError(f'unknown checkpoint format {path!r}; expected '
-                       '.safetensors, .npz, .pth, .pt, .bin or .ckpt')
+    source = _read_file(os.fspath(source))
   if not isinstance(source, Mapping):
     raise TypeError(f'expected a mapping of names to arrays or a file path, '
                     f'got {type(source).__name__}')
@@ -64,6 +47,43 @@ def read_checkpoint(source) -> dict[str, np.ndarray]:
     if flat and all(k.startswith(wrapper) for k in flat):
       flat = {k[len(wrapper):]: v for k, v in flat.items()}
   return flat
+
+
+def _read_file(path: str):
+  """The mapping a weights file holds; a missing, unknown or unreadable file
+  is an error naming it. safetensors and torch are imported only for their
+  formats."""
+  if not path.endswith(('.safetensors', '.npz', '.pth', '.pt', '.bin',
+                        '.ckpt')):
+    raise ValueError(f'unknown checkpoint format {path!r}; expected '
+                     '.safetensors, .npz, .pth, .pt, .bin or .ckpt')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no weights file {path}')
+  try:
+    if path.endswith('.safetensors'):
+      from safetensors.numpy import load_file
+      return load_file(path)
+    if path.endswith('.npz'):
+      with np.load(path, allow_pickle=False) as f:
+        return dict(f)
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f'reading {path} needs torch; install it, or save '
+                        'the weights as .safetensors or .npz') from e
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except ImportError:
+    raise
+  except Exception as error:  # each format's reader has its own errors
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    torch_only = ('' if path.endswith(('.safetensors', '.npz')) else
+                  ' torch files are read with weights_only=True: tensors '
+                  'and plain containers only.')
+    raise ValueError(
+        f'cannot read {path} as a {os.path.splitext(path)[1]} weights file '
+        f'({type(error).__name__}: {first[:200]}); is it complete (a '
+        f'download cut short?) and of the format its name says?{torch_only}'
+    ) from error
 
 
 def _to_numpy(value) -> np.ndarray:
