@@ -1,12 +1,12 @@
 r"""Pretrained weights -> a checkpoint folder for the jobs.
 
-  python -m experiments.convert --source=torchvision --model=resnet50 \
+  pxp-convert --source=torchvision --model=resnet50 \
       --weights=resnet50-11ad3fa6.pth --out=ckpt/resnet50
-  python -m experiments.convert --source=timm --model=vit_base_patch16_224 \
+  pxp-convert --source=timm --model=vit_base_patch16_224 \
       --weights=model.safetensors --out=ckpt/vit_b16 --preprocess=inception
 
 Then ``--config.model=ckpt/resnet50`` (or the ImageNet recipes,
-``experiments/configs/imagenet.py``) prunes it.
+the shipped config ``imagenet``) prunes it.
 """
 
 from absl import app, flags

@@ -1,10 +1,10 @@
 r"""Evaluates checkpoints on their dataset and prints a table.
 
-  python -m experiments.evaluate                       # the shipped checkpoints
-  python -m experiments.evaluate --checkpoints=DIR1,resnet_digits --workdir=DIR
+  pxp-evaluate                      # the shipped checkpoints
+  pxp-evaluate --checkpoints=DIR1,resnet_digits --workdir=DIR
 
 Each checkpoint is a shipped name (``pxp_jax.checkpoints.names()``) or a folder
-written by ``experiments.train`` or by the prune job (``pruned_<rate>``, a
+written by ``pxp-train`` or by the prune job (``pruned_<rate>``, a
 slim model with its per-layer widths); it is evaluated on the dataset and with the
 preprocessing recorded in its ``model.json``. With a workdir, it also writes
 ``results.json`` and ``heatmaps_<checkpoint>.png``: LRP input relevance for a

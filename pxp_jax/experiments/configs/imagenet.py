@@ -1,11 +1,11 @@
 """The PXP papers' ImageNet experiments:
-``--config=experiments/configs/imagenet.py:job=prune,arch=resnet50,classes=3``.
+``--config=imagenet:job=prune,arch=resnet50,classes=3``.
 
 ``job``: ``prune`` (Yeom et al. 2021 / Hatefi et al. 2024, Table 1: every
 criterion at every rate) or ``search`` (Hatefi et al. 2024, Table 2: the
 optimised composite against the usual ones); ``arch``: ``vgg16``,
 ``vgg16_bn``, ``resnet18``, ``resnet50`` or ``vit_b16``, read from the
-checkpoint folder ``<checkpoints>/<arch>`` that ``experiments.convert``
+checkpoint folder ``<checkpoints>/<arch>`` that ``pxp-convert``
 writes from torchvision's (timm's, for the ViT) ImageNet weights;
 ``classes``: 3, 100 or 1000, the few-class task, drawn at random with the
 run's seed (which also draws the reference samples) and repeated over

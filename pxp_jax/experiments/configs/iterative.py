@@ -1,5 +1,5 @@
 """Iterative pruning configs:
-``--config=experiments/configs/iterative.py:model=NAME``.
+``--config=iterative:model=NAME``.
 
 NAME is a checkpoint (``resnet_digits``, ``vit_digits``, or a checkpoint
 folder); append ``,runlocal`` for a quick run (3 samples per class, two

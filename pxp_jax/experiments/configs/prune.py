@@ -1,4 +1,4 @@
-"""Pruning configs: ``--config=experiments/configs/prune.py:model=NAME``.
+"""Pruning configs: ``--config=prune:model=NAME``.
 
 NAME is a checkpoint (``resnet_digits``, ``vit_digits``, or a checkpoint
 folder); append ``,runlocal`` for a quick run (3 samples per class, 5 rates).

@@ -1,4 +1,4 @@
-"""Search configs: ``--config=experiments/configs/search.py:model=NAME``.
+"""Search configs: ``--config=search:model=NAME``.
 
 NAME is a checkpoint (``resnet_digits``, ``vit_digits``, or a checkpoint
 folder); append ``,runlocal`` for a quick run (3 samples per class, 5

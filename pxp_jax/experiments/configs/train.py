@@ -1,4 +1,4 @@
-"""Training configs: ``--config=experiments/configs/train.py:model=NAME``.
+"""Training configs: ``--config=train:model=NAME``.
 
 NAME is a recipe below (``resnet_digits``, ``vit_digits``); append
 ``,runlocal`` for a two-epoch smoke run.
