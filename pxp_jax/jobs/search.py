@@ -15,8 +15,14 @@ Every trial reuses the same compiled programs, the relevance collection
 (rules, their bias option and the per-token absolute value are array
 leaves: ``dynamic_rules=True``; a ViT's attention rules take three
 programs, AttnLRP, the two z+ rules and CP-LRP, whose rules differ in kind)
-and the evaluation sweep (masks are arguments). Trials are stored by optuna (SQLite in the workdir by
-default), so a killed search continues where it stopped.
+and the evaluation sweep (masks are arguments). Trials are stored by
+optuna (SQLite in the workdir by default), so a killed search continues
+where it stopped.
+
+Everything a search reads is checked when it starts, before any data is
+loaded or program compiled (``_check``); a study file that cannot be read
+(damaged, or another program's) is an error naming it, and a journal entry
+cut off by a kill is dropped.
 
 Several workers (processes of ``experiments.search``, on one machine or
 several) share one study through ``config.storage``: ``'journal'`` (an
@@ -68,7 +74,7 @@ from matplotlib.figure import Figure
 from optuna.storages._heartbeat import BaseHeartbeat
 
 from pxp_jax import composites, rules
-from pxp_jax.jobs import analyses, logs, report, task as task_lib
+from pxp_jax.jobs import analyses, logs, report, task as task_lib, validate
 from pxp_jax.jobs import workdir as workdir_lib
 
 STUDY = 'pxp_search'
@@ -85,8 +91,9 @@ _RUNNING, _WAITING, _COMPLETE = (optuna.trial.TrialState.RUNNING,
 
 def _check(config, n_trials, timeout) -> None:
   """Every config field and argument the search reads, checked before
-  anything is loaded or compiled: counts, the objective, the sampler, the
-  storage's form, the splits' names, the rates and the search space."""
+  anything is loaded or compiled: ``--n_trials`` and ``--timeout``, the
+  objective, the sampler, the storage's form, the fields the prune job
+  shares (``validate.pruning``), the splits' names and the search space."""
   if isinstance(n_trials, bool) or not isinstance(n_trials, int) or (
       n_trials < 1):
     raise ValueError(f'--n_trials={n_trials}: the trials the study reaches '
@@ -96,10 +103,10 @@ def _check(config, n_trials, timeout) -> None:
     raise ValueError(f'--timeout={timeout}: give a number of seconds > 0, '
                      'or leave it out to run all --n_trials')
   if config.objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got '
+    raise ValueError(f'--config.objective must be one of {OBJECTIVES}, got '
                      f'{config.objective!r}')
   if config.sampler not in SAMPLERS:
-    raise ValueError(f'config.sampler={config.sampler!r} is unknown; use '
+    raise ValueError(f'--config.sampler={config.sampler!r} is unknown; use '
                      f'{" or ".join(SAMPLERS)}')
   if config.sampler == 'gp':
     import importlib.util  # pylint: disable=g-import-not-at-top
@@ -108,34 +115,20 @@ def _check(config, n_trials, timeout) -> None:
                         "pip install torch (or the 'test' extra), or use "
                         '--config.sampler=tpe')
   if not isinstance(config.storage, str):
-    raise ValueError(f'config.storage must be a string, got '
+    raise ValueError(f'--config.storage must be a string, got '
                      f'{config.storage!r}')
-  least = {'n_per_class': 1, 'random_seeds': 1, 'batch_size': 1,
-           'eval_batch_size': 1, 'draws': 1, 'holdout_per_class': 0,
-           'class_draw': 0, 'faithfulness': 0}
-  for name, low in least.items():
-    if name in config:
-      _count(f'config.{name}', config[name], low)
-  if config.get('faithfulness'):
-    _count('config.perturbation.patch_size', config.perturbation.patch_size, 1)
-    _count('config.perturbation.steps', config.perturbation.steps, 0)
+  validate.pruning(config)  # the fields the prune job shares
   for name in ('validation_split', 'test_split'):
     if not isinstance(config[name], str) or not config[name]:
-      raise ValueError(f'config.{name} must name a split of the dataset '
+      raise ValueError(f'--config.{name} must name a split of the dataset '
                        f'(e.g. validation, test), got {config[name]!r}')
-  rates = list(config.rates)
-  bad = [r for r in rates if isinstance(r, bool) or
-         not isinstance(r, (int, float)) or not 0 <= r < 1]
-  if not rates or bad or sorted(set(rates)) != rates:
-    raise ValueError(f'config.rates={tuple(rates)}: the search needs '
-                     'increasing pruning rates in [0, 1), e.g. '
-                     '(0.0, 0.1, 0.2, 0.3)')
   _validate_space(config.space)
 
 
 def _count(name: str, value, low: int) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    raise ValueError(f'{name}={value!r} must be a whole number >= {low}')
+    raise ValueError(f'--config.{name}={value!r} must be a whole number >= '
+                     f'{low}')
 
 
 def _pair(space, name: str) -> tuple[float, float]:
@@ -145,9 +138,9 @@ def _pair(space, name: str) -> tuple[float, float]:
       any(isinstance(v, bool) or not isinstance(v, (int, float)) or
           not math.isfinite(v) for v in value) or
       not 0 < value[0] <= value[1]):
-    raise ValueError(f'space.{name} must be a range (low, high) of finite '
-                     f'numbers with 0 < low <= high (searched on a log '
-                     f'scale), got {value}')
+    raise ValueError(f'--config.space.{name} must be a range (low, high) of '
+                     'finite numbers with 0 < low <= high (searched on a '
+                     f'log scale), got {value}')
   return value
 
 
@@ -155,23 +148,25 @@ def _choices(space, name: str, known, what: str) -> None:
   """``space.<name>``: one or more distinct values among ``known``."""
   value = tuple(getattr(space, name))
   if not value:
-    raise ValueError(f'space.{name} is empty: give one or more of {known} '
-                     f'({what})')
+    raise ValueError(f'--config.space.{name} is empty: give one or more of '
+                     f'{known} ({what})')
   unknown = [v for v in value if v not in known or
              (isinstance(v, bool) != isinstance(known[0], bool))]
   if unknown:
-    raise ValueError(f'space.{name} has {unknown}; choose among {known} '
-                     f'({what})')
+    raise ValueError(f'--config.space.{name} has {unknown}; choose among '
+                     f'{known} ({what})')
   if len(set(value)) != len(value):
-    raise ValueError(f'space.{name}={value} names a value twice; give each '
-                     'once')
+    raise ValueError(f'--config.space.{name}={value} names a value twice; '
+                     'give each once')
 
 
 def _validate_space(space) -> None:
   if not space.groups:
-    raise ValueError('the search space has no layer groups (space.groups)')
+    raise ValueError('the search space has no layer groups '
+                     '(--config.space.groups)')
   if not space.rules:
-    raise ValueError('the search space has no rules to choose (space.rules)')
+    raise ValueError('the search space has no rules to choose '
+                     '(--config.space.rules)')
   _choices(space, 'rules', rules.searchable(),
            "the layer groups' LRP rules")
   _choices(space, 'groups', composites.GROUPS, 'the layer groups searched')
@@ -184,14 +179,15 @@ def _validate_space(space) -> None:
   for n in space.n_per_class:
     _count('space.n_per_class', n, 1)
   if len(set(space.n_per_class)) != len(space.n_per_class):
-    raise ValueError(f'space.n_per_class={tuple(space.n_per_class)} names a '
-                     'value twice; give each once')
+    raise ValueError('--config.space.n_per_class='
+                     f'{tuple(space.n_per_class)} names a value twice; give '
+                     'each once')
   bounds = tuple(space.boundaries)
   if bounds and (len(bounds) != 2 or not all(
       isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
                  or not 0 <= bounds[0] <= bounds[1] <= 1):
-    raise ValueError('space.boundaries must be () for the stages or (b1, b2) '
-                     f'with 0 <= b1 <= b2 <= 1, got {bounds}')
+    raise ValueError('--config.space.boundaries must be () for the stages or '
+                     f'(b1, b2) with 0 <= b1 <= b2 <= 1, got {bounds}')
 
 
 def composite_from_params(params: dict[str, Any], space,
@@ -468,6 +464,29 @@ def _unreadable(path: pathlib.Path, error) -> str:
           '--config.storage).')
 
 
+def _drop_cut_entry(path: pathlib.Path) -> None:
+  """Removes the last entry of a journal when it was cut off (its writer
+  killed while writing: no line end), under the journal's lock. Readers
+  skip such an entry, but optuna would append the next one to it, and the
+  file would no longer read."""
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b'\n':
+      return
+  lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+  lock.acquire()  # the lock optuna's appends take: no writer is half-way
+  try:
+    data = path.read_bytes()
+    end = data.rfind(b'\n') + 1
+    if end < len(data):
+      with open(path, 'r+b') as f:
+        f.truncate(end)
+      print(f'{path}: removed its last entry, cut off when its writer was '
+            f'killed ({len(data) - end} bytes)', flush=True)
+  finally:
+    lock.release()
+
+
 def _check_sqlite(path: pathlib.Path) -> None:
   """An existing SQLite file is an optuna study: a database, intact, whose
   tables (if any) include optuna's."""
@@ -509,6 +528,7 @@ def _open(spec: str, workdir: pathlib.Path):
                        'exist; create it (on a file system every worker '
                        'sees) or name another journal file')
     if path.is_file() and path.stat().st_size:
+      _drop_cut_entry(path)
       try:  # optuna replays the whole journal here
         return _Journal(optuna.storages.journal.JournalFileBackend(str(path)))
       except _UNREADABLE as error:
