@@ -128,7 +128,7 @@ def attribute(model, variables, inputs, targets,
   if init not in INITS:
     raise ValueError(f'unknown init {init!r}; use one of {INITS}')
   check_precision(precision, allow_none=True)
-  if not isinstance(remat, (bool, np.bool_)):
+  if not isinstance(remat, (bool, np.bool_)) and remat not in (0, 1):
     raise TypeError(f'remat must be True or False, got {remat!r}')
   if remat and 'remat' not in getattr(model, '__dataclass_fields__', {}):
     raise ValueError(
@@ -554,12 +554,21 @@ class _Context:
 
 def input_heatmap(result: Attribution) -> jax.Array:
   """(batch, H, W) heatmaps: input relevance summed over channels."""
+  _need_input(result)
   return jnp.sum(result.input, axis=-1)
 
 
 def conservation(result: Attribution) -> Mapping[str, jax.Array]:
-  """Total relevance per sample at the input and at each unit layer; with
-  biases zeroed and eps -> 0 these all equal the initial relevance."""
-  out = {'input': jnp.sum(result.input.reshape(result.input.shape[0], -1), -1)}
+  """Total relevance per sample at the input (if computed) and at each unit
+  layer; with biases zeroed and eps -> 0 these all equal the initial
+  relevance."""
+  out = {} if result.input is None else {
+      'input': jnp.sum(result.input.reshape(result.input.shape[0], -1), -1)}
   out.update({k: jnp.sum(v, -1) for k, v in result.units.items()})
   return out
+
+
+def _need_input(result: Attribution):
+  if result.input is None:
+    raise ValueError('this Attribution has no input relevance: it was '
+                     'computed with input_relevance=False')

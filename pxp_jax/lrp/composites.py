@@ -123,6 +123,11 @@ class Composite:
          canonizers: Sequence = ()) -> 'Composite':
     """Builds a composite from ``(name, Select, rule)`` entries and
     canonisers (e.g. ``canonize.MergeBatchNorm()``)."""
+    bad = [e for e in entries if not isinstance(e, (tuple, list)) or len(e) != 3
+           or not isinstance(e[0], str)]
+    if bad:
+      raise ValueError(f'composite entries are (name, Select, rule) triples, '
+                       f'got {bad[0]!r}')
     names = tuple(name for name, _, _ in entries)
     if len(set(names)) != len(names):
       raise ValueError(f'composite entry names must be unique, got {names}')

@@ -197,6 +197,9 @@ def check_non_negative(value, name: str, where: str):
   a negative one can cancel a denominator, giving relevance of 1e11 that
   passes every finiteness check)."""
   array = number(value, name, where)
+  if array is not None and array.ndim:
+    raise ValueError(f'{where}: {name} must be one number, got shape '
+                     f'{array.shape}')
   if array is not None and np.any(array < 0):
     raise ValueError(f'{where}: {name} must be >= 0, got {value!r}')
 
@@ -209,6 +212,9 @@ def check_hyperparameters(rule: str | None, *, eps, gamma, alpha, beta, low,
   for name, value in (('eps', eps), ('gamma', gamma), ('beta', beta)):
     check_non_negative(value, name, where)
   alpha_value = number(alpha, 'alpha', where)
+  if alpha_value is not None and alpha_value.ndim:
+    raise ValueError(f'{where}: alpha must be one number, got shape '
+                     f'{alpha_value.shape}')
   low_value = number(low, 'low', where)
   high_value = number(high, 'high', where)
   if not (_traced(zero_bias) or isinstance(zero_bias, (bool, np.bool_))

@@ -54,8 +54,13 @@ class _OpRule:
       value = getattr(self, field.name)
       if not checked(value):
         continue
-      array = number(value, field.name, where)
       low, high = self.RANGES.get(field.name, (-np.inf, np.inf))
+      if isinstance(value, (bool, np.bool_)) and (low, high) == (0, 1):
+        continue  # virtual_bias=True
+      array = number(value, field.name, where)
+      if array is not None and array.ndim:
+        raise ValueError(f'{where}: {field.name} must be one number, got '
+                         f'shape {array.shape}')
       if array is not None and np.any((array < low) | (array > high)):
         bound = (f'>= {low:g}' if high == np.inf
                  else f'in [{low:g}, {high:g}]')

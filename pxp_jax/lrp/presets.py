@@ -174,10 +174,13 @@ def _boundaries(boundaries):
     raise ValueError(f'boundaries must be None (by stage) or (b1, b2), '
                      f'fractions where the middle and high groups start, got '
                      f'{boundaries!r}')
-  if boundaries and any(isinstance(b, (bool, str)) or
-                        not isinstance(b, (int, float)) for b in boundaries):
-    raise ValueError(f'boundaries must be two numbers (b1, b2), got '
-                     f'{boundaries!r}')
+  if boundaries and (
+      len(boundaries) != 2
+      or any(isinstance(b, (bool, str)) or not isinstance(b, (int, float))
+             for b in boundaries)
+      or not 0 <= boundaries[0] <= boundaries[1] <= 1):
+    raise ValueError(f'boundaries must be None (by stage) or (b1, b2) with '
+                     f'0 <= b1 <= b2 <= 1, got {boundaries!r}')
   return tuple(boundaries) if boundaries else None
 
 
