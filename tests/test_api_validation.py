@@ -135,8 +135,6 @@ BAD_COMPOSITES = [
      ValueError, 'a composite JSON is'),
     ('JSON args a list', lambda: composites.from_json(
         {'preset': 'pxp_groups', 'args': [1]}), ValueError, '"args" must be'),
-    ('JSON extra key', lambda: composites.from_json(
-        {'preset': 'pxp_groups', 'arg': {}}), ValueError, r"\['arg'\]"),
     ('JSON string number', lambda: composites.from_json(
         {'preset': 'epsilon_plus', 'args': {'eps': '1e-6'}}), ValueError,
      'eps must be a number'),

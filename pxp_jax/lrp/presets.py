@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 from pxp_jax import structure
 from pxp_jax.lrp import rules
 from pxp_jax.lrp.canonize import MergeBatchNorm
@@ -176,8 +178,8 @@ def _boundaries(boundaries):
                      f'{boundaries!r}')
   if boundaries and (
       len(boundaries) != 2
-      or any(isinstance(b, (bool, str)) or not isinstance(b, (int, float))
-             for b in boundaries)
+      or any(isinstance(b, (bool, str))
+             or not isinstance(b, (int, float, np.number)) for b in boundaries)
       or not 0 <= boundaries[0] <= boundaries[1] <= 1):
     raise ValueError(f'boundaries must be None (by stage) or (b1, b2) with '
                      f'0 <= b1 <= b2 <= 1, got {boundaries!r}')
@@ -326,10 +328,6 @@ def from_json(spec: dict) -> Composite:
   if not isinstance(spec, dict) or 'preset' not in spec:
     raise ValueError('a composite JSON is {"preset": name, "args": {...}} '
                      f'(presets: {", ".join(sorted(PRESETS))}), got {spec!r}')
-  unknown = sorted(set(spec) - {'preset', 'args'})
-  if unknown:
-    raise ValueError(f'a composite JSON has "preset" and "args" only, got '
-                     f'{unknown} too')
   raw = spec.get('args', {})
   if not isinstance(raw, dict):
     raise ValueError(f'a composite JSON\'s "args" must be an object of '
