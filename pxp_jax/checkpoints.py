@@ -292,5 +292,5 @@ def _resolve(name_or_path) -> pathlib.Path:
   raise FileNotFoundError(
       f'no checkpoint {str(name_or_path)!r}: it is neither a folder holding '
       f'{RECIPE} nor a shipped checkpoint in {shipped_dir()} (shipped: '
-      f'{", ".join(names()) or "none"}). Train one with experiments.train, or '
+      f'{", ".join(names()) or "none"}). Train one with pxp-train, or '
       'convert torch weights with pxp_jax.convert.')
