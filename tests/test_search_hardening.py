@@ -126,6 +126,7 @@ def test_damaged_study_files_are_named_with_the_fix(tmp_path, spec, name,
     assert 'Delete it' in str(error.value) and '--workdir' in str(error.value)
 
 
+@pytest.mark.filterwarnings('ignore:Heartbeat of storage:UserWarning')
 def test_a_journal_entry_cut_by_a_kill_is_dropped(tmp_path):
   """A worker killed while appending leaves an entry without its line end:
   it is removed, so the next append starts a line of its own."""
