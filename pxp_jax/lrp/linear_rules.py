@@ -184,9 +184,13 @@ def number(value, name: str, where: str) -> np.ndarray | None:
   except (TypeError, ValueError) as error:
     raise ValueError(f'{where}: {name} must be a number, got '
                      f'{value!r}') from error
-  if array.dtype == object or not (np.issubdtype(array.dtype, np.number)):
+  if array.dtype.kind in 'OSUbMm':  # objects, text, booleans, dates
     raise ValueError(f'{where}: {name} must be a number, got {value!r}')
-  array = array.astype(np.float64)
+  try:
+    array = array.astype(np.float64)  # also bfloat16 (kind 'V')
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'{where}: {name} must be a number, got '
+                     f'{value!r}') from error
   if not np.all(np.isfinite(array)):
     raise ValueError(f'{where}: {name} must be finite, got {value!r}')
   return array
