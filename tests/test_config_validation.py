@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
+from experiments.configs import imagenet as imagenet_configs
 from experiments.configs import iterative as iterative_configs
 from experiments.configs import prune as prune_configs
+from experiments.configs import search as search_configs
 from experiments.configs import train as train_configs
 from pxp_jax import checkpoints, structure
 from pxp_jax.jobs import draws, iterative, prune, train, validate
@@ -116,6 +118,11 @@ def test_valid_configs_pass():
                                export_rate=0.5, slim=('lrp',)))
   validate.prune(prune_configs.get_config('model=vit_digits'))
   validate.iterative(iterative_configs.get_config('model=resnet_digits'))
+  for arg in ('model=vit_digits', 'model=resnet_digits,runlocal'):
+    validate.pruning(search_configs.get_config(arg))  # what a search shares
+  for job in ('prune', 'search'):
+    config = imagenet_configs.get_config(f'job={job},arch=resnet50,classes=3')
+    validate.for_job(prune.prune if job == 'prune' else None)(config)
   for name in ('resnet_digits', 'vit_digits'):
     validate.train(train_configs.get_config(f'model={name}'))
   assert validate.rates((0, 0.5)) == [0.0, 0.5]

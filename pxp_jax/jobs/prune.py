@@ -51,7 +51,12 @@ def prune(config, workdir) -> dict[str, Any]:
   composite, extra = task.composite(config.composite, config.composite_json)
   signed = bool(extra.get('signed', config.signed))
   # A searched composite comes with the sample count it was searched at.
-  n_per_class = int(extra.get('n_per_class', config.n_per_class))
+  n_per_class = extra.get('n_per_class', config.n_per_class)
+  if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or (
+      n_per_class < 1):
+    raise ValueError(f'{config.composite_json} gives n_per_class='
+                     f'{n_per_class!r}; it must be an integer >= 1 (remove it '
+                     'to use --config.n_per_class)')
   if n_per_class != config.n_per_class:
     log(f'{config.composite_json} was searched with n_per_class='
         f'{n_per_class}: using it')

@@ -344,12 +344,15 @@ def _check_per_class(labels, classes, wanted: int, field: str,
   examples in ``labels``."""
   counts = {int(c): int(np.sum(labels == c)) for c in classes}
   short = {c: n for c, n in counts.items() if n < wanted}
-  if short:
-    fewest = min(counts.values())
-    raise ValueError(
-        f'--config.{field}={wanted}, but {where} has fewer examples of '
-        f'classes {sorted(short)} ({", ".join(f"class {c}: {n}" for c, n in sorted(short.items())[:5])}); '
-        f'set --config.{field} to at most {fewest}')
+  if not short:
+    return
+  shown = ', '.join(f'class {c}: {n}' for c, n in sorted(short.items())[:5])
+  empty = sorted(c for c, n in short.items() if n == 0)
+  fix = (f'classes {empty} have none: choose classes the data has '
+         '(--config.classes)' if empty else
+         f'set --config.{field} to at most {min(counts.values())}')
+  raise ValueError(f'--config.{field}={wanted}, but {where} has fewer '
+                   f'examples of classes {sorted(short)} ({shown}); {fix}')
 
 
 def zero_other_classes(variables, classifier: str, classes: Sequence[int]):
