@@ -137,6 +137,11 @@ def test_data_and_model_dependent_errors_name_the_field(digits_dir, tmp_path):
                      r'\[2, 10\]'):
     prune.prune(_prune_config(data_dir=digits_dir, class_draw=11),
                 tmp_path / 'b')
+  with pytest.raises(ValueError, match='--config.perturbation.patch_size=32 '
+                     r'is not smaller than the images \(32 pixels'):
+    prune.prune(_prune_config(**{'data_dir': digits_dir, 'faithfulness': 2,
+                                 'perturbation.patch_size': 32}),
+                tmp_path / 'f')
   with pytest.raises(ValueError, match="--config.units='heads'.*has no "
                      'heads; its units are filters'):
     prune.prune(_prune_config(data_dir=digits_dir, units='heads'),

@@ -33,6 +33,16 @@ def split_images(task, split: str, count: int):
   return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
+def check_patch(task, patch_size: int) -> None:
+  """A clear error for a region perturbation patch as large as the task's
+  images (the image would be one patch)."""
+  side = int(min(np.broadcast_to(task.preprocess.crop_size, 2)))
+  if patch_size >= side:
+    raise ValueError(f'--config.perturbation.patch_size={patch_size} is not '
+                     f'smaller than the images ({side} pixels a side): the '
+                     'image would be one patch; choose a smaller patch')
+
+
 def write_faithfulness(task, named, config, split: str, workdir, *,
                        title: str) -> dict:
   """Region perturbation (``pxp_jax.faithfulness``) of the heatmaps of
@@ -44,6 +54,7 @@ def write_faithfulness(task, named, config, split: str, workdir, *,
   if options.baseline not in BASELINES:
     raise ValueError(f'perturbation.baseline must be one of {BASELINES}, '
                      f'got {options.baseline!r}')
+  check_patch(task, options.patch_size)
   images, labels = split_images(task, split, config.faithfulness)
   heatmaps = faithfulness.lrp_heatmaps(task.model, task.variables, images,
                                        labels, named,

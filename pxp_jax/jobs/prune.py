@@ -48,6 +48,8 @@ def prune(config, workdir) -> dict[str, Any]:
   log = lambda message: _log(start, message)  # noqa: E731
   log(f'loading {config.model}')
   task = task_lib.Task.from_config(config)
+  if config.faithfulness:
+    analyses.check_patch(task, config.perturbation.patch_size)
   composite, extra = task.composite(config.composite, config.composite_json)
   signed = bool(extra.get('signed', config.signed))
   # A searched composite comes with the sample count it was searched at.
