@@ -156,6 +156,14 @@ def test_data_and_model_dependent_errors_name_the_field(digits_dir, tmp_path):
     prune.prune(_prune_config(data_dir=digits_dir, holdout_per_class=100000,
                               eval_split='train', criteria=('weight',),
                               heatmaps=0, slim=()), tmp_path / 'e')
+  with pytest.raises(ValueError, match="--config.eval_split='tset': "
+                     "'digits' has no split 'tset'; its splits are"):
+    prune.prune(_prune_config(data_dir=digits_dir, eval_split='tset'),
+                tmp_path / 'g')
+  with pytest.raises(ValueError, match="--config.reference_split='trian': "
+                     "'digits' has no split 'trian'"):
+    prune.prune(_prune_config(data_dir=digits_dir, reference_split='trian'),
+                tmp_path / 'h')
 
 
 BAD_TRAIN = [

@@ -48,6 +48,7 @@ def prune(config, workdir) -> dict[str, Any]:
   log = lambda message: _log(start, message)  # noqa: E731
   log(f'loading {config.model}')
   task = task_lib.Task.from_config(config)
+  task.split(config.eval_split, 'eval_split')  # an unknown split fails now
   if config.faithfulness:
     analyses.check_patch(task, config.perturbation.patch_size)
   composite, extra = task.composite(config.composite, config.composite_json)

@@ -125,16 +125,22 @@ class Task:
 
   # Data ----------------------------------------------------------------------
 
-  def split(self, name: str):
-    """The data source of split ``name``."""
-    return data.load(self.dataset, name, data_dir=self.data_dir or None)
+  def split(self, name: str, field: str | None = None):
+    """The data source of split ``name``; an unknown split's error names
+    the config ``field`` that gave it."""
+    try:
+      return data.load(self.dataset, name, data_dir=self.data_dir or None)
+    except ValueError as error:
+      if field is None:
+        raise
+      raise ValueError(f'--config.{field}={name!r}: {error}') from None
 
   def reference_indices(self, n_per_class: int | None = None) -> np.ndarray:
     """Indices into the reference split of the seeded reference samples,
     ``n_per_class`` of each class (default: the task's)."""
     n = n_per_class or self.n_per_class
     if n not in self._references:
-      source = self.split(self.reference_split)
+      source = self.split(self.reference_split, 'reference_split')
       _check_per_class(data.labels_of(source), self._class_list(source), n,
                        'n_per_class', f'{self.dataset}:{self.reference_split}')
       self._references[n] = data.reference_samples(
