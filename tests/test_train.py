@@ -81,3 +81,18 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     checkpoints.save(tmp_path / 'c', 'resnet18_small', variables,
                      num_classes=10)
   del model
+
+
+def test_diverging_runs_stop_or_say_they_did_not_learn(digits_dir, tmp_path,
+                                                      capsys):
+  with pytest.raises(FloatingPointError, match='the training loss is (nan|inf)'
+                     '.*nothing of this epoch was saved or exported'):
+    train.train_and_evaluate(
+        _config(digits_dir, num_epochs=1, learning_rate=1e30), tmp_path / 'a')
+  assert not (tmp_path / 'a' / 'export' / 'model.json').exists()
+  # A learning rate that leaves the loss finite but ruins the model.
+  results = train.train_and_evaluate(
+      _config(digits_dir, num_epochs=1, learning_rate=1e6), tmp_path / 'b')
+  assert results['validation_accuracy'] < train.CHANCE_FACTOR / 10
+  assert 'is near chance (0.1000): this model has not learned' in (
+      capsys.readouterr().out)

@@ -29,6 +29,10 @@ from pxp_jax import checkpoints, data, distribute, evaluate, models
 from pxp_jax.jobs import logs, validate
 from pxp_jax.jobs import workdir as workdir_lib
 
+# A trained model whose validation accuracy is below this multiple of
+# chance (1 / classes) is reported as not having learned.
+CHANCE_FACTOR = 1.5
+
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
@@ -199,6 +203,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               for name in ('validation', 'test')}
   results = dict(checkpoint=config.name, validation_accuracy=accuracy['validation'],
                  test_accuracy=accuracy['test'], epochs=config.num_epochs)
+  chance = 1 / config.num_classes
+  if accuracy['validation'] < CHANCE_FACTOR * chance:
+    log(f'warning: validation accuracy {accuracy["validation"]:.4f} is near '
+        f'chance ({chance:.4f}): this model has not learned. A diverged run '
+        f'(lower --config.learning_rate={config.learning_rate}) or too few '
+        'epochs? It is exported all the same.')
   export = workdir / 'export'
   if not (export / checkpoints.RECIPE).exists():
     checkpoints.save(
