@@ -24,7 +24,6 @@ left. ``save`` refuses a folder that holds a checkpoint unless asked to
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import pathlib
 import shutil
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pxp_jax import distribute, models
+from pxp_jax import distribute, files, models
 
 RECIPE = 'model.json'
 VARIABLES = 'variables'
@@ -110,9 +109,7 @@ def save(path: str | os.PathLike, model_name: str, variables: Any, *,
   recipe = dict(model=model_name, num_classes=num_classes,
                 overrides=_to_json(overrides), **metadata)
   if distribute.is_primary():
-    partial = path / f'.{RECIPE}.partial'
-    partial.write_text(json.dumps(recipe, indent=2) + '\n')
-    os.replace(partial, path / RECIPE)
+    files.write_json(path / RECIPE, recipe, sort_keys=False)
   return path
 
 
@@ -139,14 +136,7 @@ def recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
   path = _resolve(name_or_path) / RECIPE
   fix = (f'restore {path} from where the checkpoint came from, or save the '
          'checkpoint again (checkpoints.save_model)')
-  try:
-    spec = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path} is damaged (not valid JSON: {e}); {fix}'
-                     ) from None
-  if not isinstance(spec, dict):
-    raise ValueError(f'{path} holds a JSON {type(spec).__name__}, not an '
-                     f'object {{"model": ..., "num_classes": ...}}; {fix}')
+  spec = files.read_json(path, fix)
   missing = [k for k in ('model', 'num_classes') if k not in spec]
   if missing:
     raise ValueError(f'{path} lacks {", ".join(map(repr, missing))} (the '

@@ -18,8 +18,8 @@ from typing import Any
 import flax
 import numpy as np
 
-from pxp_jax import checkpoints, composites, data, distribute, structure
-from pxp_jax.jobs import workdir as workdir_lib
+from pxp_jax import (checkpoints, composites, data, distribute, files,
+                     structure)
 from pxp_jax.models import spec as spec_lib
 from pxp_jax.prune import criteria, metrics, sweep
 
@@ -250,7 +250,7 @@ class Task:
       if not path.exists():
         raise FileNotFoundError(f'--config.composite_json={path} does not '
                                 'exist')
-      spec = workdir_lib.read_json(path, 'give --config.composite_json a '
+      spec = files.read_json(path, 'give --config.composite_json a '
                                    'composite JSON such as the search\'s '
                                    'best_composite.json')
       extra = {k: v for k, v in spec.items() if k not in ('preset', 'args')}

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pxp_jax import distribute
+from pxp_jax import distribute, files
 
 CONFIG = 'config.json'
 LOCK = '.job.lock'
@@ -103,32 +103,6 @@ def exclusive(job: Callable) -> Callable:
   return run
 
 
-def read_json(path: pathlib.Path, fix: str) -> dict:
-  """The JSON object in ``path``; an error naming the file and ``fix`` if
-  it is not one (a folder, cut short, not ``{...}``)."""
-  path = pathlib.Path(path)
-  if path.is_dir():
-    raise IsADirectoryError(f'{path} is a folder, not a JSON file; {fix}')
-  try:
-    value = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path} is damaged (not valid JSON: {e}); {fix}'
-                     ) from None
-  if not isinstance(value, dict):
-    raise ValueError(f'{path} holds a JSON {type(value).__name__}, not an '
-                     f'object {{...}}; {fix}')
-  return value
-
-
-def write_json(path: pathlib.Path, value) -> None:
-  """Writes ``value`` to ``path`` whole or not at all (a temporary file
-  renamed), so a killed job never leaves it cut short."""
-  path = pathlib.Path(path)
-  partial = path.with_name(f'.{path.name}.partial')
-  partial.write_text(json.dumps(value, indent=2, sort_keys=True) + '\n')
-  os.replace(partial, path)
-
-
 def results(workdir: pathlib.Path) -> list[str]:
   """The entries of ``workdir`` that hold results: files other than the
   config, the lock and the TensorBoard logs, and folders holding files."""
@@ -150,7 +124,7 @@ def claim(workdir: pathlib.Path, config) -> None:
   saved = workdir / CONFIG
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if saved.exists():
-    previous = read_json(saved, 'delete it to record the current config '
+    previous = files.read_json(saved, 'delete it to record the current config '
                          '(only if the workdir\'s results came from this '
                          'config), or use a new --workdir')
     if previous == current:
@@ -168,7 +142,7 @@ def claim(workdir: pathlib.Path, config) -> None:
       print(f'{saved}: replaced the config of an earlier run that wrote no '
             f'results (it differed in: {", ".join(changed)})', flush=True)
   if distribute.is_primary():
-    write_json(saved, current)
+    files.write_json(saved, current)
 
 
 def cached_scores(path: pathlib.Path, compute: Callable[[], Mapping],
