@@ -181,7 +181,8 @@ def test_a_nan_objective_stops_the_search():
 
 def test_unknown_split_fails_before_compiling(digits_dir, tmp_path):
   compiled = attribution.compiled_programs()
-  with pytest.raises(ValueError, match="no split 'valid'"):
+  with pytest.raises(ValueError, match="--config.validation_split='valid': "
+                     "'digits' has no split 'valid'"):
     search.search(_config(digits_dir, validation_split='valid'), tmp_path,
                   n_trials=1)
   assert attribution.compiled_programs() == compiled

@@ -35,9 +35,9 @@ def repeat(job: Callable[..., dict], config, workdir, *, stem: str,
   Returns:
     The job's results, or their summary over draws.
   """
-  validate.for_job(job)(config)  # before any draw claims a workdir
   if config.draws == 1:
-    return job(config, workdir, **kwargs)
+    return job(config, workdir, **kwargs)  # the job checks its config
+  validate.for_job(job)(config)  # before the draws' workdir is claimed
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.claim(workdir, config)

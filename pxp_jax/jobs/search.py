@@ -229,8 +229,8 @@ class _Problem:
   def __init__(self, config):
     self.config = config
     self.task = task_lib.Task.from_config(config)
-    for split in (config.validation_split, config.test_split):
-      self.task.split(split)  # an unknown split fails before any compile
+    for field in ('validation_split', 'test_split'):
+      self.task.split(config[field], field)  # fails before any compile
     for n in config.space.n_per_class:  # prepared up front: trials only run
       self.task.references(n)
     self.task.references()
