@@ -101,6 +101,7 @@ def test_bad_prune_config_stops_before_any_work(changes, error, tmp_path):
   with pytest.raises(ValueError, match=error):
     draws.repeat(prune.prune, config, tmp_path, stem='results')
   assert not tmp_path.joinpath('config.json').exists()  # nothing claimed
+  assert not tmp_path.joinpath('.job.lock').exists()  # nor locked
 
 
 def test_missing_composite_json_is_named(tmp_path):

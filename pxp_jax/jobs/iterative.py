@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pathlib
 import time
 from typing import Any
 
@@ -53,12 +52,9 @@ def rates_of(target_rate: float, step: float) -> list[float]:
   return [round(min((k + 1) * step, target_rate), 6) for k in range(rounds)]
 
 
-@workdir_lib.exclusive
+@workdir_lib.exclusive(validate.iterative)
 def iterative(config, workdir) -> dict[str, Any]:
   """Runs iterative pruning; returns the dict written to results.json."""
-  validate.iterative(config)
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
   rates = rates_of(float(config.target_rate), float(config.step))
   workdir_lib.claim(workdir, config)
   start = time.time()

@@ -15,7 +15,6 @@ and ``faithfulness.png`` (region perturbation of the heatmaps).
 
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any
 
@@ -36,12 +35,9 @@ NORMS = {'lrp': 1, 'weight': 1, 'gradient': 2, 'taylor': 2,
          'gradient_logit': 2, 'taylor_logit': 2}
 
 
-@workdir_lib.exclusive
+@workdir_lib.exclusive(validate.prune)
 def prune(config, workdir) -> dict[str, Any]:
   """Runs the pruning experiment; returns the dict written to results.json."""
-  validate.prune(config)
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.claim(workdir, config)
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   start = time.time()

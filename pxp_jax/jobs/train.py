@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import math
-import pathlib
 import time
 from typing import Any
 
@@ -97,7 +96,7 @@ def _variables(state: TrainState) -> dict[str, Any]:
   return out
 
 
-@workdir_lib.exclusive
+@workdir_lib.exclusive(validate.train)
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains, checkpoints every epoch, evaluates, exports; returns the results.
@@ -109,9 +108,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The dict written to ``workdir/results.json``.
   """
-  validate.train(config)
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.claim(workdir, config)
   tb = logs.writer(workdir, config)  # TensorBoard: workdir/tensorboard
   preprocess = data.Preprocess(**config.preprocess)

@@ -149,11 +149,9 @@ def train(config) -> None:
 def for_job(job: Callable) -> Callable:
   """The check of ``job``'s config, which ``pxp_jax.jobs.draws`` runs
   before claiming the workdir of several draws (a single run is checked by
-  the job itself): ``prune`` or ``iterative`` by the job's module, else the
-  shared ``pruning`` fields (the search checks the rest itself)."""
-  return {'pxp_jax.jobs.prune': prune,
-          'pxp_jax.jobs.iterative': iterative}.get(
-              getattr(job, '__module__', ''), pruning)
+  the job itself): the ``check`` a job carries (``workdir.exclusive``), else
+  the shared ``pruning`` fields (the search checks the rest itself)."""
+  return getattr(job, 'check', pruning)
 
 
 def rates(values, field: str = 'rates') -> list[float]:

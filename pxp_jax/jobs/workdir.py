@@ -1,9 +1,10 @@
 """A workdir belongs to one config and one job at a time: resume the same
 config, refuse a different one, and refuse a second job while one runs.
 
-``exclusive(job)`` wraps a job ``job(config, workdir, ...)``: the workdir
-(``~`` expanded) is created, and process 0 holds an exclusive lock on
-``workdir/.job.lock`` (``fcntl.flock``) while the job runs. The system drops
+``exclusive(check)`` wraps a job ``job(config, workdir, ...)``: once the
+config passed ``check``, the workdir (``~`` expanded) is created, and
+process 0 holds an exclusive lock on ``workdir/.job.lock``
+(``fcntl.flock``) while the job runs. The system drops
 the lock when its process ends, so a killed job never blocks the next one.
 ``claim`` records the config in ``config.json``. ``cached_scores`` keeps a
 criterion's scores in an orbax folder that a re-run reads back.
@@ -19,6 +20,7 @@ import os
 import pathlib
 import socket
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -91,16 +93,30 @@ def lock(workdir):
     f.close()
 
 
-def exclusive(job: Callable) -> Callable:
-  """``job(config, workdir, ...)`` run under ``lock(workdir)``, given the
-  prepared absolute workdir."""
+def exclusive(check: Callable[[Any], None]) -> Callable:
+  """A job's decorator: ``job(config, workdir, ...)`` runs once
+  ``check(config)`` passed (before the workdir is touched), under
+  ``lock(workdir)``, given the prepared absolute workdir. The wrapped job
+  keeps its check as ``job.check`` (``pxp_jax.jobs.draws`` runs it before
+  several draws).
 
-  @functools.wraps(job)
-  def run(config, workdir, *args, **kwargs):
-    with lock(workdir) as path:
-      return job(config, path, *args, **kwargs)
+  Example::
 
-  return run
+    @workdir.exclusive(validate.prune)
+    def prune(config, workdir): ...
+  """
+
+  def wrap(job: Callable) -> Callable:
+    @functools.wraps(job)
+    def run(config, workdir, *args, **kwargs):
+      check(config)
+      with lock(workdir) as path:
+        return job(config, path, *args, **kwargs)
+
+    run.check = check
+    return run
+
+  return wrap
 
 
 def results(workdir: pathlib.Path) -> list[str]:
@@ -124,9 +140,9 @@ def claim(workdir: pathlib.Path, config) -> None:
   saved = workdir / CONFIG
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if saved.exists():
-    previous = files.read_json(saved, 'delete it to record the current config '
-                         '(only if the workdir\'s results came from this '
-                         'config), or use a new --workdir')
+    previous = files.read_json(
+        saved, 'delete it to record the current config (only if the '
+        'workdir\'s results came from this config), or use a new --workdir')
     if previous == current:
       return
     changed = sorted(k for k in set(previous) | set(current)
