@@ -26,8 +26,8 @@ import torch  # pylint: disable=g-import-not-at-top
 import torchvision  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from pxp_jax import (checkpoints, composites, convert, data, prune,  # pylint: disable=g-import-not-at-top
-                     structure)
+from pxp_jax import checkpoints, composites, convert, data, prune  # pylint: disable=g-import-not-at-top
+from pxp_jax.models import structure  # pylint: disable=g-import-not-at-top
 from pxp_jax.prune import criteria  # pylint: disable=g-import-not-at-top
 
 _SAMPLES = flags.DEFINE_integer('samples', 32, 'Reference samples.')

@@ -18,7 +18,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from pxp_jax import attribute, composites, models, prune, structure  # pylint: disable=g-import-not-at-top
+from pxp_jax import attribute, composites, models, prune  # pylint: disable=g-import-not-at-top
+from pxp_jax.models import structure
 
 import timing  # benchmarks/timing.py  # pylint: disable=g-import-not-at-top
 

@@ -55,7 +55,8 @@ def _one_count(count: int) -> dict:
   """Relevance and sweep throughput on a mesh of ``count`` devices."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from pxp_jax import checkpoints, composites, distribute, prune, structure  # pylint: disable=import-outside-toplevel
+  from pxp_jax import checkpoints, composites, distribute, prune  # pylint: disable=import-outside-toplevel
+  from pxp_jax.models import structure
   from pxp_jax.prune import criteria  # pylint: disable=import-outside-toplevel
 
   mesh = distribute.make_mesh(None, jax.devices()[:count])
@@ -108,7 +109,8 @@ def _imagenet_run(name: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from pxp_jax import composites, distribute, models, prune, structure  # pylint: disable=import-outside-toplevel
+  from pxp_jax import composites, distribute, models, prune  # pylint: disable=import-outside-toplevel
+  from pxp_jax.models import structure
   from pxp_jax.prune import criteria  # pylint: disable=import-outside-toplevel
 
   mesh = distribute.make_mesh(None)

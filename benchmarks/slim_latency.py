@@ -6,7 +6,7 @@ For the shipped ``resnet_digits`` (conv filters) and ``vit_digits`` (MLP
 neurons, the prune job's default units), PXP's scores (LRP with the
 family's pruning composite over 10 reference samples per class of the
 train split, one global ranking) prune 30, 50 and 70% of the units;
-``pxp_jax.slim`` removes them and ``slim.size_report`` measures parameters,
+``pxp_jax.prune.slim`` removes them and ``slim.size_report`` measures parameters,
 FLOPs (XLA's cost analysis) and the median latency of one compiled forward
 pass at ``--batch``, each against the dense model measured in the same run
 on the same device. ``units left``: units not removed, of which ``zeroed``
@@ -24,7 +24,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from pxp_jax import checkpoints, composites, data, slim, structure  # pylint: disable=g-import-not-at-top
+from pxp_jax import checkpoints, composites, data  # pylint: disable=g-import-not-at-top
+from pxp_jax.prune import slim
+from pxp_jax.models import structure
 from pxp_jax.models import spec as spec_lib  # pylint: disable=g-import-not-at-top
 from pxp_jax.prune import criteria, ranking  # pylint: disable=g-import-not-at-top
 

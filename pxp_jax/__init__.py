@@ -15,8 +15,8 @@ import importlib
 __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'evaluate',
-               'structure', 'taps', 'plot', 'lrp', 'prune', 'jobs', 'slim')
-_ALIASES = {'composites': 'pxp_jax.lrp.presets', 'rules': 'pxp_jax.lrp.rules'}
+               'plot', 'lrp', 'prune', 'jobs')
+_ALIASES = {'composites': 'pxp_jax.lrp.composites', 'rules': 'pxp_jax.lrp.rules'}
 
 
 def __getattr__(name):

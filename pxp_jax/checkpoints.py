@@ -8,7 +8,7 @@ A checkpoint is a folder::
 
 ``load("resnet_digits")`` finds the checkpoints shipped in the package's
 ``shipped/`` folder (or in ``$PXP_JAX_CHECKPOINTS``); ``load(path)`` reads
-any such folder. A slim model (``pxp_jax.slim``) keeps its per-layer widths
+any such folder. A slim model (``pxp_jax.prune.slim``) keeps its per-layer widths
 in ``overrides`` (ResNet ``widths``, VGG ``config`` and ``hidden``, ViT
 ``block_heads`` and ``block_mlp_dims``); ``save_model`` finds its registry
 name and overrides itself.
@@ -121,7 +121,7 @@ def save_model(path: str | os.PathLike, model, variables, **metadata
 
   Example::
 
-    small = pxp_jax.slim(model, variables, masks)
+    small = pxp_jax.prune.slim(model, variables, masks)
     checkpoints.save_model('pruned', small.model, small.variables,
                            preprocess=..., dataset='digits')
     model, variables = checkpoints.load('pruned')

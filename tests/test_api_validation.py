@@ -11,7 +11,7 @@ import pytest
 
 import pxp_jax
 from pxp_jax import checkpoints, composites, models, rules
-from pxp_jax.lrp.composites import Select
+from pxp_jax.lrp.composite import Select
 
 NAN, INF = float('nan'), float('inf')
 

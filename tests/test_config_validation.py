@@ -11,7 +11,8 @@ from experiments.configs import iterative as iterative_configs
 from experiments.configs import prune as prune_configs
 from experiments.configs import search as search_configs
 from experiments.configs import train as train_configs
-from pxp_jax import checkpoints, structure
+from pxp_jax import checkpoints
+from pxp_jax.models import structure
 from pxp_jax.jobs import draws, iterative, prune, train, validate
 from pxp_jax.prune import criteria, finetune, metrics, ranking, sweep
 

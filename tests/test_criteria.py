@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxp_jax import convert, models, structure
+from pxp_jax import convert, models
+from pxp_jax.models import structure
 from pxp_jax.prune import criteria
 import ties  # pylint: disable=g-bad-import-order
 import torch_twins  # pylint: disable=g-bad-import-order

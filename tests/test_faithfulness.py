@@ -12,7 +12,8 @@ import pytest
 
 from experiments.configs import prune as prune_configs
 from experiments.configs import search as search_configs
-from pxp_jax import checkpoints, composites, faithfulness, models
+from pxp_jax import checkpoints, composites, models
+from pxp_jax.lrp import faithfulness
 from pxp_jax.jobs import prune, search
 from pxp_jax.prune import ranking
 import torch_twins  # pylint: disable=g-bad-import-order
@@ -336,7 +337,7 @@ def test_stability_is_exactly_one_unpruned_and_falls_with_pruning():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
   labels = np.array([0, 4, 9])
-  from pxp_jax import structure  # pylint: disable=g-import-not-at-top
+  from pxp_jax.models import structure  # pylint: disable=g-import-not-at-top
   units = structure.trace(model, variables, x.shape).units('heads')
   scores = {k: rng.uniform(size=u.size) for k, u in units.items()}
   masks = ranking.masks(scores, [0.0, 0.25, 0.75])

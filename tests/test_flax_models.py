@@ -46,7 +46,8 @@ from zennit.canonizers import NamedMergeBatchNorm
 from lxt.explicit import functional as lf
 
 import pxp_jax
-from pxp_jax import composites, prune, structure
+from pxp_jax import composites, prune
+from pxp_jax.models import structure
 from pxp_jax.lrp import rules
 from pxp_jax.models import kinds
 from pxp_jax.models.kinds import Kind

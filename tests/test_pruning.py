@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxp_jax import models, prune, structure
+from pxp_jax import models, prune
+from pxp_jax.models import structure
 from pxp_jax.prune import criteria
 
 

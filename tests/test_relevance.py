@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import pxp_jax
-from pxp_jax import composites, models, rules, structure
+from pxp_jax import composites, models, rules
+from pxp_jax.models import structure
 from pxp_jax.lrp import attribution
 from pxp_jax.models.kinds import Kind
 

@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from experiments.configs import search as search_configs
-from pxp_jax import checkpoints, composites, models, structure
+from pxp_jax import checkpoints, composites, models
+from pxp_jax.models import structure
 from pxp_jax.jobs import search
 from pxp_jax.lrp import attribution
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import pxp_jax
-from pxp_jax import checkpoints, data, models, structure
+from pxp_jax import checkpoints, data, models
+from pxp_jax.models import structure
 from pxp_jax.prune import criteria, ranking, sweep
 
 RTOL = 1e-5
@@ -121,7 +122,7 @@ def test_resnet_filters_at_rates(digits):
   before = _params(variables)
   sizes = []
   for masks in rows:
-    small = pxp_jax.slim(model, variables, masks)
+    small = pxp_jax.prune.slim(model, variables, masks)
     ref, unmasked = _check_logits(model, variables, x, masks, small)
     assert not np.allclose(ref, unmasked)  # the masks change the model
     _check_counts(masks, small)
@@ -152,7 +153,7 @@ def test_resnet_stream_channel_goes_only_with_every_writer(digits):
   for w in writers:
     masks[w][:10] = 0  # pruned by every writer: removed
   masks['layer2.1.conv2'][10:15] = 0  # by one writer only: kept, zeroed
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   assert small.removed == {w: 10 for w in writers}
   assert small.kept_masked == {'layer2.1.conv2': 5}
@@ -168,7 +169,7 @@ def test_resnet_every_filter_pruned(digits):
   model, variables = checkpoints.load('resnet_digits')
   units = structure.trace(model, variables, x.shape).units('filters')
   masks = {k: np.zeros(u.size, np.float32) for k, u in units.items()}
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   _check_counts(masks, small)
   # One zero channel per layer is all that is left.
@@ -186,7 +187,7 @@ def test_bottleneck_resnet(digits):
                               per_layer=True)
   sizes = []
   for masks in rows:
-    small = pxp_jax.slim(model, variables, masks)
+    small = pxp_jax.prune.slim(model, variables, masks)
     _check_logits(model, variables, x, masks, small)
     _check_counts(masks, small)
     # The stem's stream has one writer (layer1.0 projects it): it goes.
@@ -209,7 +210,7 @@ def test_vgg_filters_and_neurons(digits, batch_norm):
                               [0.3, 0.7], per_layer=True)
   sizes = []
   for masks in rows:
-    small = pxp_jax.slim(model, variables, masks)
+    small = pxp_jax.prune.slim(model, variables, masks)
     _check_logits(model, variables, x, masks, small)
     _check_counts(masks, small)
     assert small.kept_masked == {}  # a VGG's units all go
@@ -228,7 +229,7 @@ def test_vgg_flatten_rows_follow_channels(digits):
   variables = _random_variables(model, x, 2)
   masks = {'features.8': np.ones(16, np.float32)}
   masks['features.8'][[0, 5]] = 0
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   rows = np.asarray(_flat(variables)['classifier.0.kernel'])
   kept = np.asarray(_flat(small.variables)['classifier.0.kernel'])
@@ -246,7 +247,7 @@ def test_vit_neurons_and_heads_at_rates(digits):
                               [0.3, 0.7], per_layer=True)
   sizes = []
   for masks in rows:
-    small = pxp_jax.slim(model, variables, masks)
+    small = pxp_jax.prune.slim(model, variables, masks)
     ref, unmasked = _check_logits(model, variables, x, masks, small)
     assert not np.allclose(ref, unmasked)
     _check_counts(masks, small)
@@ -272,7 +273,7 @@ def test_vit_block_without_heads_keeps_its_residual_path(digits):
            # projections and logits: masked in place
            'blocks.2.attn.qkv': np.r_[np.zeros(4), np.ones(188)],
            'head': np.r_[0, np.ones(9)]}
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   assert small.model.block_heads == (4, 0, 2, 4)
   assert small.model.block_mlp_dims == (128, 128, 128, 0)
@@ -297,11 +298,11 @@ def test_bad_masks_are_errors(digits):
   x, _ = digits
   model, variables = checkpoints.load('resnet_digits')
   with pytest.raises(KeyError, match='layer9'):
-    pxp_jax.slim(model, variables, {'layer9.conv1': np.ones(3)})
+    pxp_jax.prune.slim(model, variables, {'layer9.conv1': np.ones(3)})
   with pytest.raises(ValueError, match="one rate's row"):
-    pxp_jax.slim(model, variables, {'conv1': np.ones((2, 16))})
+    pxp_jax.prune.slim(model, variables, {'conv1': np.ones((2, 16))})
   with pytest.raises(ValueError, match='not 0/1'):
-    pxp_jax.slim(model, variables, {'conv1': np.full(16, 0.5)})
+    pxp_jax.prune.slim(model, variables, {'conv1': np.full(16, 0.5)})
 
 
 # Plain flax models ------------------------------------------------------------
@@ -347,7 +348,7 @@ def test_plain_flax_chain(digits):
   masks = {'conv1': np.array([1, 0, 1, 1, 0, 1], np.float32),
            'conv2': np.array([0, 1, 1, 1, 1, 1, 0, 1], np.float32),
            'fc1': np.r_[np.zeros(5), np.ones(7)].astype(np.float32)}
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   _check_logits(model, variables, x, masks, small)
   assert small.removed == {'conv1': 2, 'conv2': 2, 'fc1': 5}
   assert small.kept_masked == {}
@@ -364,8 +365,8 @@ def test_plain_flax_models_that_are_not_chains(digits):
   masks = {'conv1': np.array([0, 1, 1, 1], np.float32),
            'conv2': np.array([1, 0, 1, 1], np.float32)}
   with pytest.raises(NotImplementedError, match='not a chain'):
-    pxp_jax.slim(model, variables, masks)
+    pxp_jax.prune.slim(model, variables, masks)
   model = _Depthwise()
   variables = _random_variables(model, x, 5)
   with pytest.raises(NotImplementedError, match="'depthwise' reads 1 inputs"):
-    pxp_jax.slim(model, variables, {'conv1': np.array([0, 1, 1, 1])})
+    pxp_jax.prune.slim(model, variables, {'conv1': np.array([0, 1, 1, 1])})

@@ -17,7 +17,8 @@ import torch  # pylint: disable=g-bad-import-order
 import torchvision  # pylint: disable=g-bad-import-order
 
 import pxp_jax
-from pxp_jax import checkpoints, convert, data, models, structure
+from pxp_jax import checkpoints, convert, data, models
+from pxp_jax.models import structure
 from pxp_jax.prune import criteria, ranking
 
 TOL = 1e-10  # float64 logits, relative to the largest
@@ -69,7 +70,7 @@ def test_slim_checkpoint_round_trip(digits, tmp_path, name, units, attributes):
   x, y = digits
   model, variables = checkpoints.load(name)
   masks = _weight_masks(model, variables, x, y, 0.5, units, per_layer=True)
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   recipe = checkpoints.recipe(name)
   path = checkpoints.save_model(tmp_path / 'pruned', small.model,
                                 small.variables,
@@ -224,7 +225,7 @@ def test_slim_resnet_digits_export_loads_into_torchvision(digits, x64):
   del x64
   x, y = digits
   model, variables = checkpoints.load('resnet_digits')
-  small = pxp_jax.slim(model, variables,
+  small = pxp_jax.prune.slim(model, variables,
                        _weight_masks(model, variables, x, y, 0.5))
   assert small.removed
   state = convert.to_torchvision(small.model, small.variables)
@@ -258,7 +259,7 @@ def test_vgg_export_loads_into_torchvision(digits, x64, rate):
   model = models.create('vgg_tiny', num_classes=10)
   variables = _random_variables(model, (1, 32, 32, 3))
   masks = _weight_masks(model, variables, x, y, rate, ('filters', 'neurons'))
-  small = pxp_jax.slim(model, variables, masks)
+  small = pxp_jax.prune.slim(model, variables, masks)
   if rate:
     assert small.model.config != model.config
   # torchvision's own builder of the feature stack takes the slim widths

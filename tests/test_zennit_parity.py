@@ -244,7 +244,8 @@ def test_pxp_filter_ranking_matches_the_reference_procedure(x64):
   filters the same way."""
   del x64
   from scipy.stats import spearmanr  # pylint: disable=g-import-not-at-top
-  from pxp_jax import prune, structure  # pylint: disable=g-import-not-at-top
+  from pxp_jax import prune  # pylint: disable=g-import-not-at-top
+  from pxp_jax.models import structure
   from pxp_jax.prune import criteria  # pylint: disable=g-import-not-at-top
   torch_model = _torch_model('resnet18')
   model, variables = convert.from_torchvision('resnet18',

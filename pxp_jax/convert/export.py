@@ -29,7 +29,7 @@ def to_torchvision(model, variables) -> dict[str, np.ndarray]:
   """The torchvision state dict of a ``models.ResNet`` or ``models.VGG``.
 
   Args:
-    model: the flax module (a slim one too: ``pxp_jax.slim(...).model``).
+    model: the flax module (a slim one too: ``pxp_jax.prune.slim(...).model``).
     variables: its ``{'params', 'batch_stats'}``.
 
   Returns:

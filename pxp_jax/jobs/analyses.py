@@ -1,6 +1,6 @@
 """The 2024 paper's two further analyses as job outputs: the input
 faithfulness of heatmaps (region perturbation) and their stability under
-pruning, computed by ``pxp_jax.faithfulness`` and written to the workdir
+pruning, computed by ``pxp_jax.lrp.faithfulness`` and written to the workdir
 (JSON and PNG) by the prune job and the search."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pathlib
 
 import numpy as np
 
-from pxp_jax import distribute, faithfulness, plot
+from pxp_jax import distribute, plot
+from pxp_jax.lrp import faithfulness
 
 # Region perturbation's baselines (config.perturbation.baseline): a black
 # image (zero raw pixels: the normalised input's lower bound) or the
@@ -45,7 +46,7 @@ def check_patch(task, patch_size: int) -> None:
 
 def write_faithfulness(task, named, config, split: str, workdir, *,
                        title: str) -> dict:
-  """Region perturbation (``pxp_jax.faithfulness``) of the heatmaps of
+  """Region perturbation (``pxp_jax.lrp.faithfulness``) of the heatmaps of
   each composite in ``named`` and of random heatmaps, on the first
   ``config.faithfulness`` images of ``split``, with the options of
   ``config.perturbation``; writes ``faithfulness.json`` and
@@ -87,7 +88,7 @@ def write_faithfulness(task, named, config, split: str, workdir, *,
 
 
 def write_stability(task, composite, masks, rates, config, workdir) -> dict:
-  """Heatmap stability (``pxp_jax.faithfulness.stability``) of the first
+  """Heatmap stability (``pxp_jax.lrp.faithfulness.stability``) of the first
   ``config.stability`` images of ``config.eval_split`` under the masks of
   one criterion (unit key -> (rates, units)); writes ``stability.json``
   and ``stability.png`` and returns the JSON's dict."""

@@ -34,7 +34,8 @@ import optax
 import orbax.checkpoint as ocp
 
 import pxp_jax
-from pxp_jax import data, distribute, slim as slim_lib
+from pxp_jax import data, distribute
+from pxp_jax.prune import slim as slim_lib
 from pxp_jax.jobs import task as task_lib, validate
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.prune import finetune, masking, ranking
@@ -269,7 +270,7 @@ def _accuracy(task, params, frozen, unit_masks, split) -> float:
 
 def _evaluate(task, params, frozen, unit_masks, split, shape) -> dict:
   """Test accuracy, and parameters and FLOPs of the slim model (pruned
-  units removed where the family allows; ``pxp_jax.slim``)."""
+  units removed where the family allows; ``pxp_jax.prune.slim``)."""
   variables = {**frozen, 'params': params}
   size = _size(task, variables, unit_masks, shape)
   return dict(accuracy=_accuracy(task, params, frozen, unit_masks, split),

@@ -1,7 +1,7 @@
 """The prune job's smaller models: size and speed per rate, and the export.
 
 ``measure`` slims the model pruned by each criterion of ``config.slim`` at
-every rate (``pxp_jax.slim``: pruned units removed physically) and adds to
+every rate (``pxp_jax.prune.slim``: pruned units removed physically) and adds to
 the results a ``size`` entry: the dense model's size, the device, and per
 criterion per-rate lists of parameters,
 FLOPs (XLA's cost analysis), median latency and throughput of a compiled
@@ -22,7 +22,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from pxp_jax import checkpoints, convert, distribute, plot, slim as slim_lib
+from pxp_jax import checkpoints, convert, distribute, plot
+from pxp_jax.prune import slim as slim_lib
 from pxp_jax.models import resnet, vgg
 
 EXPORT_CRITERION = 'lrp'

@@ -18,8 +18,8 @@ from typing import Any
 import flax
 import numpy as np
 
-from pxp_jax import (checkpoints, composites, data, distribute, files,
-                     structure)
+from pxp_jax import checkpoints, composites, data, distribute, files
+from pxp_jax.models import structure
 from pxp_jax.models import spec as spec_lib
 from pxp_jax.prune import criteria, metrics, sweep
 

@@ -22,9 +22,11 @@ import numbers
 import pathlib
 from collections.abc import Callable, Sequence
 
-from pxp_jax import distribute, faithfulness, structure
+from pxp_jax import distribute
+from pxp_jax.lrp import faithfulness
+from pxp_jax.models import structure
 from pxp_jax.jobs import analyses, task as task_lib
-from pxp_jax.lrp import attribution, presets
+from pxp_jax.lrp import attribution, composites
 from pxp_jax.prune import criteria as criteria_lib
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -276,9 +278,9 @@ def _composite(config) -> None:
     raise ValueError(f'--config.composite={name!r} and '
                      f'--config.composite_json={path!r} both choose the '
                      'composite; give one of them')
-  if name and name not in presets.PRESETS:
+  if name and name not in composites.PRESETS:
     raise ValueError(f'--config.composite={name!r} is not a preset; use one '
-                     f'of {", ".join(sorted(presets.PRESETS))}, or \'\' for '
+                     f'of {", ".join(sorted(composites.PRESETS))}, or \'\' for '
                      'the family\'s default')
   if path and not pathlib.Path(path).is_file():
     raise FileNotFoundError(f'--config.composite_json={path} does not exist; '

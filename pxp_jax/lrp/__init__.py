@@ -3,10 +3,12 @@
 
   rules.py, linear_rules.py, op_rules.py   every rule, registered once
   linear_vjp.py                            a Dense/Conv layer under its rule
-  composites.py                            Select, Composite (rules by operation)
-  presets.py                               zennit's, AttnLRP, CP-LRP, PXP groups
+  composite.py                             Select, Composite (rules by operation)
+  composites.py                            named composites: zennit's, AttnLRP,
+                                           CP-LRP, PXP groups (= pxp_jax.composites)
   canonize.py                              BatchNorm folding
   attribution.py                           attribute(): heatmaps, unit relevance
+  faithfulness.py                          region perturbation, stability under pruning
 """
 
 from pxp_jax.lrp.attribution import Attribution, attribute

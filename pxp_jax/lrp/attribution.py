@@ -1,6 +1,6 @@
 """attribute(): input heatmaps and per-unit relevance by LRP.
 
-The model runs unchanged except for three taps (``pxp_jax.taps``): each
+The model runs unchanged except for three taps (``pxp_jax.models.taps``): each
 operation is computed by its composite rule, whose backward pass is the LRP
 rule (``pxp_jax.lrp.rules``), after the composite's canonisers (BatchNorm
 folding); each unit site's output is multiplied by a probe of ones (times the
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax import structure, taps
-from pxp_jax.lrp import composites, linear_rules
+from pxp_jax.models import structure, taps
+from pxp_jax.lrp import linear_rules
+from pxp_jax.lrp.composite import Composite
 from pxp_jax.models import kinds, spec as spec_lib
 
 INITS = ('one_hot', 'logit')
@@ -60,7 +61,7 @@ class Attribution:
 
 
 def attribute(model, variables, inputs, targets,
-              composite: composites.Composite, *, masks=None,
+              composite: Composite, *, masks=None,
               init: str = 'one_hot', absolute_tokens: bool = False,
               dynamic_rules: bool = False, input_relevance: bool = True,
               check_finite: bool = True, precision: str | None = None,
@@ -143,7 +144,7 @@ def attribute(model, variables, inputs, targets,
   inputs = jnp.asarray(inputs)
   targets = jnp.asarray(targets)
   _check_arguments(inputs, targets)
-  if not isinstance(composite, composites.Composite):
+  if not isinstance(composite, Composite):
     raise TypeError(f'composite must be a pxp_jax.composites.Composite, got '
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
   _check_bounds(composite, inputs.shape[-1])
@@ -526,7 +527,7 @@ class _Context:
   model input, whose relevance ``input_probe``'s cotangent carries)."""
 
   plan: dict
-  composite: composites.Composite
+  composite: Composite
   fixed: tuple | None
   facts: Mapping[str, tuple[bool, bool]]
   input_probe: jax.Array

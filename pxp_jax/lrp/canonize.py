@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import flax
 import jax.numpy as jnp
 
-from pxp_jax import structure
+from pxp_jax.models import structure
 from pxp_jax.models.kinds import Kind
 
 

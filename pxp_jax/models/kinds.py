@@ -18,7 +18,7 @@ from pxp_jax.models import layers
 class Kind(enum.Enum):
   """Operation kinds. ``ATTENTION`` is a whole attention module (flax's
   ``MultiHeadDotProductAttention``) whose inner products and softmax are
-  reached as operations of their own (see ``pxp_jax.taps``)."""
+  reached as operations of their own (see ``pxp_jax.models.taps``)."""
 
   CONV = 'conv'
   DENSE = 'dense'

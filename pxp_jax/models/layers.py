@@ -3,7 +3,7 @@
 Each operation that an LRP rule or a pruning mask must reach is its own small
 module, so that rules and masks can target it by its path (``layer1.0.conv1``,
 ``blocks.2.attn.softmax``) without the model knowing about LRP: the rules are
-attached from outside by intercepting module calls (``pxp_jax.taps``), and
+attached from outside by intercepting module calls (``pxp_jax.models.taps``), and
 what a module computes is read off its class (``pxp_jax.models.kinds``).
 Convolutions, dense layers and norms are flax's own modules; this file adds the
 parameter-free operations, which flax expresses as plain functions.

@@ -147,7 +147,7 @@ class ResNet(nn.Module):
       the cost of a second forward pass; the same parameters, paths and
       values.
     widths: ``((conv path, output channels), ...)`` for convs narrower
-      than ``width`` gives (a slimmed model, ``pxp_jax.slim``): ``conv1``,
+      than ``width`` gives (a slimmed model, ``pxp_jax.prune.slim``): ``conv1``,
       ``layer2.0.conv1``, ``layer2.0.downsample.0``, ...; None: every conv
       at its default width. Convs that write the same residual stream (a
       stage's stem or projection shortcut and its blocks' last convs) must

@@ -1,5 +1,5 @@
 """Model-family specs: what pxp_jax needs to know about a family beyond the
-operations it calls (``kinds``) and its units (``pxp_jax.structure``).
+operations it calls (``kinds``) and its units (``pxp_jax.models.structure``).
 
 A spec says how the family's layers split into PXP's layer groups, its
 default composites and unit type, the range of its raw inputs, where a

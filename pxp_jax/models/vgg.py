@@ -113,7 +113,7 @@ class VGG(nn.Module):
     batch_norm: BatchNorm after every conv (the ``_bn`` variants).
     num_classes: outputs of ``classifier.6``.
     hidden: width of the two hidden dense layers (4096 in torchvision), or
-      a pair of widths (a slimmed model, ``pxp_jax.slim``; so are conv
+      a pair of widths (a slimmed model, ``pxp_jax.prune.slim``; so are conv
       widths in ``config`` narrower than the family's).
     pool_size: output of the adaptive average pool (7x7 in torchvision).
     remat: recompute each conv stage's activations in the backward pass

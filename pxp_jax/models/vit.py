@@ -36,7 +36,7 @@ class Attention(nn.Module):
   """Multi-head self-attention: softmax(Q K^T / sqrt(d)) V, then ``proj``.
 
   ``head_dim``: each head's width (None: width / num_heads); given, the
-  heads need not fill the width (a slimmed block, ``pxp_jax.slim``; with no
+  heads need not fill the width (a slimmed block, ``pxp_jax.prune.slim``; with no
   heads left the output is ``proj``'s bias)."""
 
   num_heads: int
@@ -156,7 +156,7 @@ class ViT(nn.Module):
       the cost of a second forward pass; the same parameters, paths and
       values.
     block_heads: heads of each block (None: ``num_heads`` in every block),
-      each ``width / num_heads`` wide: a slimmed model (``pxp_jax.slim``).
+      each ``width / num_heads`` wide: a slimmed model (``pxp_jax.prune.slim``).
     block_mlp_dims: MLP hidden width of each block (None: ``mlp_dim``).
   """
 

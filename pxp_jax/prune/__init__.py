@@ -6,17 +6,20 @@
   metrics.py    A_PR, AUC, Top-PR
   finetune.py   fine-tuning with pruned units kept pruned
   masking.py    unit masks -> parameter masks; masks in an optax state
+  slim.py       pruned units removed physically: slim(model, variables, masks)
 
 Pure functions over pytrees: scores and masks are dicts from a unit key
-(``pxp_jax.structure.Unit``) to a vector over the layer's units.
+(``pxp_jax.models.structure.Unit``) to a vector over the layer's units.
 """
 
+from pxp_jax.prune import criteria, slim
+from pxp_jax.prune.finetune import fine_tune
 from pxp_jax.prune.ranking import DEFAULT_RATES, masks, normalize
 from pxp_jax.prune.masking import (apply_masks, masked, param_masks,
                                    update_masks)
 from pxp_jax.prune.metrics import stack, summarize
 from pxp_jax.prune.sweep import masked_apply, sweep_accuracy, sweep_correct
 
-__all__ = ['DEFAULT_RATES', 'apply_masks', 'masked', 'masked_apply', 'masks',
-           'normalize', 'param_masks', 'stack', 'summarize', 'sweep_accuracy',
+__all__ = ['DEFAULT_RATES', 'apply_masks', 'criteria', 'fine_tune', 'masked',
+           'masked_apply', 'masks', 'normalize', 'slim', 'param_masks', 'stack', 'summarize', 'sweep_accuracy',
            'sweep_correct', 'update_masks']

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax import distribute, structure, taps
+from pxp_jax import distribute
+from pxp_jax.models import structure, taps
 from pxp_jax.lrp import attribution as attribute_lib
 from pxp_jax.models import spec as spec_lib
 

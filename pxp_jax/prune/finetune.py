@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pxp_jax import distribute, structure
+from pxp_jax import distribute
+from pxp_jax.models import structure
 from pxp_jax.prune import sweep
 
 

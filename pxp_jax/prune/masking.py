@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pxp_jax import structure
+from pxp_jax.models import structure
 
 
 class MaskedState(NamedTuple):

@@ -1,7 +1,7 @@
 """Scores -> masks: pruning the least-scored units, nested across rates.
 
 Scores and masks are dicts from a unit key (the layer path of conv filters
-and dense neurons, the attention path of heads; ``pxp_jax.structure.Unit``)
+and dense neurons, the attention path of heads; ``pxp_jax.models.structure.Unit``)
 to a vector over that layer's units; a mask multiplies the units' outputs at
 their site (``pxp_jax.prune.sweep``). Yeom et al., Pattern Recognition 2021;
 Hatefi et al., 2024.

@@ -20,7 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pxp_jax import distribute, structure, taps
+from pxp_jax import distribute
+from pxp_jax.models import structure, taps
 
 
 def masked_apply(model: nn.Module, variables, x, unit_masks: Mapping,

@@ -38,7 +38,7 @@ def get_config(arg: str = 'model=resnet_digits') -> ml_collections.ConfigDict:
       fine_tune_lr=1e-3,
       fine_tune_batch=64,
       slim=(),                     # criteria whose pruned models are slimmed
-                                   # (pxp_jax.slim) at every rate: parameters,
+                                   # (pxp_jax.prune.slim) at every rate: parameters,
                                    # FLOPs, latency vs dense in results.json
                                    # (size), size.png; e.g. ('lrp',); () = off
                                    # (each rate compiles a model)

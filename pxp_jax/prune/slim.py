@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax import structure
+from pxp_jax.models import structure
 from pxp_jax.models import resnet, vgg, vit
 from pxp_jax.models.kinds import Kind
 
@@ -86,7 +86,7 @@ def slim(model: nn.Module, variables, masks: Mapping,
   Example::
 
     rows = prune.ranking.masks(scores, [0.3, 0.5])
-    small = pxp_jax.slim(model, variables, {k: m[0] for k, m in rows.items()})
+    small = pxp_jax.prune.slim(model, variables, {k: m[0] for k, m in rows.items()})
     logits = small.model.apply(small.variables, images)
   """
   size = getattr(model, 'image_size', 32)
@@ -543,8 +543,8 @@ def size_report(model: nn.Module, variables, input_shape, *, repeats: int = 20,
 
 
 class _Module(types.ModuleType):
-  """This module, callable: ``pxp_jax.slim(model, variables, masks)`` is
-  ``pxp_jax.slim.slim(...)``."""
+  """This module, callable: ``pxp_jax.prune.slim(model, variables, masks)`` is
+  ``pxp_jax.prune.slim.slim(...)``."""
 
   def __call__(self, model, variables, masks, input_shape=None) -> Slimmed:
     return slim(model, variables, masks, input_shape)

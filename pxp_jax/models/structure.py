@@ -3,7 +3,7 @@ order, which BatchNorm follows which linear layer, and its units.
 
 Every LRP rule, probe and pruning mask is attached by module path; this is
 the map they use. It costs one ``jax.eval_shape`` of the model through a
-recording tap (``pxp_jax.taps``), no FLOPs, and is computed at trace time, so
+recording tap (``pxp_jax.models.taps``), no FLOPs, and is computed at trace time, so
 it never enters a compiled program.
 """
 
@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pxp_jax import taps
+from pxp_jax.models import taps
 from pxp_jax.models.kinds import Kind
 
 UNIT_TYPES = ('filters', 'neurons', 'heads')
