@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test clean
+.PHONY: setup setup-test demo test test-fast clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast subset: no oracle, job, wheel, notebook or multi-process test.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

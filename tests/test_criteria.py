@@ -31,6 +31,8 @@ from pxp_jax.prune import criteria
 import ties  # pylint: disable=g-bad-import-order
 import torch_twins  # pylint: disable=g-bad-import-order
 
+pytestmark = pytest.mark.slow  # the torch oracle of every criterion, in float64
+
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 

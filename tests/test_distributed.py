@@ -15,6 +15,8 @@ import pytest
 
 from pxp_jax import distribute
 
+pytestmark = pytest.mark.slow  # several devices and processes in subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CRITERIA = '("lrp","weight","gradient","integrated_gradients")'
 

@@ -55,8 +55,11 @@ from pxp_jax.prune import criteria
 import ties
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
-pytestmark = pytest.mark.filterwarnings(
-    'ignore:SelfAttention will be deprecated:DeprecationWarning')
+pytestmark = [
+    pytest.mark.slow,  # the zennit and LXT oracles on torch twins
+    pytest.mark.filterwarnings(
+        'ignore:SelfAttention will be deprecated:DeprecationWarning'),
+]
 
 # max |ours - oracle| / max |oracle|: float64 rounding (2e-13 or less seen),
 # no tie to flip (checked in the fixtures)

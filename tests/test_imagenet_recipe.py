@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # full-size torchvision models through the jobs
+
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 

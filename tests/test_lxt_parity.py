@@ -25,6 +25,8 @@ import contextlib
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the LXT oracle on a torchvision ViT
+
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 pytest.importorskip('lxt')

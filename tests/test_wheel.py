@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the wheel, installs it into a fresh venv
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYTHON = '3.13'
 

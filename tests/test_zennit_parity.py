@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the zennit oracle on full-size torchvision models
+
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 pytest.importorskip('zennit')
