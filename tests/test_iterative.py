@@ -16,6 +16,7 @@ import pytest
 from experiments.configs import iterative as iterative_configs
 from pxp_jax import checkpoints, data
 from pxp_jax.jobs import iterative
+from pxp_jax.models import structure
 from pxp_jax.prune import masking, sweep
 
 
@@ -93,7 +94,7 @@ def test_zeroed_parameters_compute_the_masked_model(name):
   batch = next(iter(data.batches(data.load('digits', 'test'), data.DIGITS,
                                  8)))
   x = jnp.asarray(batch['image'])
-  found = __import__('pxp_jax').structure.trace(model, variables, x.shape)
+  found = structure.trace(model, variables, x.shape)
   rng = np.random.default_rng(0)
   units = found.units('filters' if name == 'resnet_digits' else 'neurons')
   if name == 'vit_digits':
