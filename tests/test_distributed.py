@@ -189,7 +189,6 @@ print('fine_tune_moved', np.max(np.abs(logits[0] - np.asarray(
 '''
 
 
-@pytest.mark.slow
 def test_training_and_fine_tuning_steps_on_four_devices_equal_one():
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=4')

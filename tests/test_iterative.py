@@ -15,6 +15,7 @@ import pytest
 
 from experiments.configs import iterative as iterative_configs
 from pxp_jax import checkpoints, data
+from pxp_jax.models import structure
 from pxp_jax.jobs import iterative
 from pxp_jax.prune import masking, sweep
 
@@ -93,7 +94,7 @@ def test_zeroed_parameters_compute_the_masked_model(name):
   batch = next(iter(data.batches(data.load('digits', 'test'), data.DIGITS,
                                  8)))
   x = jnp.asarray(batch['image'])
-  found = __import__('pxp_jax').structure.trace(model, variables, x.shape)
+  found = structure.trace(model, variables, x.shape)
   rng = np.random.default_rng(0)
   units = found.units('filters' if name == 'resnet_digits' else 'neurons')
   if name == 'vit_digits':
@@ -120,6 +121,7 @@ def _config(digits_dir, **changes):
   return config
 
 
+@pytest.mark.slow
 def test_iterative_masks_nest_and_a_killed_run_resumes(digits_dir, tmp_path,
                                                        monkeypatch):
   config = _config(digits_dir, criteria=('weight',), one_shot=False,
@@ -159,6 +161,7 @@ def test_iterative_masks_nest_and_a_killed_run_resumes(digits_dir, tmp_path,
           == (tmp_path / 'a' / 'results.json').read_bytes())
 
 
+@pytest.mark.slow
 def test_iterative_lrp_against_one_shot(digits_dir, tmp_path):
   config = _config(digits_dir, target_rate=0.1)
   results = iterative.iterative(config, tmp_path)
