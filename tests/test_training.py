@@ -135,6 +135,8 @@ def test_iterative_rounds_nest_zero_the_pruned_and_resume():
       for k in ('conv', 'hidden')}
   start = finetune.start(model, variables, units=['conv', 'hidden'],
                          learning_rate=1e-2)
+  assert list(finetune.start(model, variables, units='filters').masks) == [
+      'conv']
   kwargs = dict(steps=3, state=start)
   batches = lambda k: itertools.repeat(batch)  # noqa: E731
   rounds = list(prune.iterative(model, variables, weights, [0.25, 0.5],

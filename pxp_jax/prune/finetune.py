@@ -111,17 +111,25 @@ class Round(NamedTuple):
 
 
 def start(model, variables, found: structure.Structure | None = None, *,
-          units: Sequence[str] | None = None, learning_rate: float = 1e-3,
-          weight_decay: float = 0.0) -> State:
-  """The unpruned ``State`` of ``iterative``: every unit of ``units``
-  (default: every unit of ``found``, the model's structure) kept and a
-  fresh masked AdamW state."""
+          units: str | Sequence[str] | None = None,
+          learning_rate: float = 1e-3, weight_decay: float = 0.0) -> State:
+  """The unpruned ``State`` of ``iterative``: every unit kept and a fresh
+  masked AdamW state.
+
+  Args:
+    model, variables: the model.
+    found: its structure (traced on one image if not given).
+    units: the units to prune: a unit type (``'filters'``, ``'neurons'``,
+      ``'heads'``), unit keys, or None for every unit of ``found``.
+    learning_rate, weight_decay: AdamW's, kept in the state for every round.
+  """
   _check(0, learning_rate, weight_decay)
   if found is None:
     found = structure.trace(model, variables, (1, *_image_shape(model)))
   every = found.units()
-  ones = {k: np.ones(every[k].size, np.float32)
-          for k in (every if units is None else units)}
+  keys = (found.units(units) if isinstance(units, str)
+          else every if units is None else units)
+  ones = {k: np.ones(every[k].size, np.float32) for k in keys}
   params = variables['params']
   tx = training.optimizer(
       'adamw', learning_rate, weight_decay=weight_decay,
