@@ -12,16 +12,31 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
 
-def heatmap(relevance) -> np.ndarray:
-  """(H, W, C) input relevance -> (H, W) in [-1, 1]: summed over channels and
-  divided by its largest magnitude (0 stays white in the ``bwr`` colormap)."""
-  r = np.asarray(relevance, np.float64).sum(-1)
-  scale = np.abs(r).max()
-  return r / scale if scale > 0 else r
+def heatmap(relevance, *, normalize: bool = True):
+  """(..., H, W, C) input relevance -> (..., H, W) heatmaps: summed over
+  channels and, with ``normalize``, each divided by its largest magnitude
+  (into [-1, 1]; 0 stays white in the ``bwr`` colormap).
+
+  A NumPy input is summed in float64 (for display); a JAX array stays one
+  (traceable: the faithfulness analyses call it inside ``jit``).
+  """
+  if isinstance(relevance, jax.Array):
+    maps = jnp.sum(relevance, -1)
+    if normalize:
+      scale = jnp.abs(maps).max((-2, -1), keepdims=True)
+      maps = jnp.where(scale > 0, maps / jnp.where(scale > 0, scale, 1), maps)
+    return maps
+  maps = np.asarray(relevance, np.float64).sum(-1)
+  if normalize:
+    scale = np.abs(maps).max((-2, -1), keepdims=True)
+    maps = np.where(scale > 0, maps / np.where(scale > 0, scale, 1), maps)
+  return maps
 
 
 def heatmaps(images, relevance, path: str | os.PathLike, *,

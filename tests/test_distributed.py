@@ -150,8 +150,7 @@ def test_mesh_shapes_and_their_errors():
 DATA_PARALLEL_STEPS = r'''
 import jax, jax.numpy as jnp, numpy as np, optax
 from pxp_jax import checkpoints, distribute, models
-from pxp_jax.jobs import train
-from pxp_jax.prune import finetune
+from pxp_jax.prune import finetune, training
 
 rng = np.random.default_rng(0)
 images = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
@@ -161,18 +160,20 @@ one, four = (distribute.make_mesh(None, jax.devices()[:n]) for n in (1, 4))
 # Training steps (BatchNorm statistics over the global batch, shifted crops).
 model = models.create('resnet_tiny', 10)
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+tx = optax.sgd(0.1, 0.9)
+step = training.train_step(model, tx, train=True, label_smoothing=0.0)
 losses = {}
 for name, mesh in (('one', one), ('four', four)):
-  state = train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'],
-      tx=optax.sgd(0.1, 0.9), batch_stats=variables['batch_stats'])
-  state, key = distribute.replicate((state, jax.random.key(1)), mesh)
+  params, state, opt_state, key = distribute.replicate(
+      (variables['params'], {'batch_stats': variables['batch_stats']},
+       tx.init(variables['params']), jax.random.key(1)), mesh)
   batch = distribute.global_batch(dict(x=images, y=labels), mesh, 64)
   losses[name] = []
-  for step in range(3):
-    state, loss, _ = train._train_step(state, batch['x'], batch['y'],
-                                       jax.random.fold_in(key, step), 2, 0.0)
-    losses[name].append(float(loss))
+  for i in range(3):
+    shifted = training.shift(batch['x'], jax.random.fold_in(key, i), 2)
+    params, state, opt_state, metrics = step(
+        params, state, opt_state, dict(image=shifted, label=batch['y']))
+    losses[name].append(float(metrics['loss']))
 print('train', np.max(np.abs(np.subtract(losses['one'], losses['four']))))
 
 # Fine-tuning a pruned model.

@@ -15,6 +15,7 @@ import pytest
 
 from experiments.configs import iterative as iterative_configs
 from pxp_jax import checkpoints, data
+from pxp_jax.models import structure
 from pxp_jax.jobs import iterative
 from pxp_jax.models import structure
 from pxp_jax.prune import masking, sweep
@@ -121,6 +122,7 @@ def _config(digits_dir, **changes):
   return config
 
 
+@pytest.mark.slow
 def test_iterative_masks_nest_and_a_killed_run_resumes(digits_dir, tmp_path,
                                                        monkeypatch):
   config = _config(digits_dir, criteria=('weight',), one_shot=False,
@@ -160,6 +162,7 @@ def test_iterative_masks_nest_and_a_killed_run_resumes(digits_dir, tmp_path,
           == (tmp_path / 'a' / 'results.json').read_bytes())
 
 
+@pytest.mark.slow
 def test_iterative_lrp_against_one_shot(digits_dir, tmp_path):
   config = _config(digits_dir, target_rate=0.1)
   results = iterative.iterative(config, tmp_path)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
@@ -17,6 +19,21 @@ def test_heatmap_sums_channels_and_keeps_sign():
   r[3, 3, 1] = -2.0           # -2
   h = plot.heatmap(r)
   assert h[0, 0] == 1.0 and h[3, 3] == -0.5 and np.count_nonzero(h) == 2
+
+
+def test_heatmap_of_a_batch_in_jax_each_map_by_its_own_scale():
+  r = np.zeros((3, 4, 4, 3), np.float32)
+  r[0, 0, 0] = [1.0, 1.0, 2.0]   # map 0: +4 and -2
+  r[0, 3, 3, 1] = -2.0
+  r[1, 1, 2, 0] = -0.5           # map 1: -0.5 alone; map 2: all 0
+  sums = jax.jit(lambda x: plot.heatmap(x, normalize=False))(jnp.asarray(r))
+  assert isinstance(sums, jax.Array) and sums.shape == (3, 4, 4)
+  np.testing.assert_array_equal(sums, r.sum(-1))
+  h = plot.heatmap(jnp.asarray(r))
+  np.testing.assert_array_equal(h[0], plot.heatmap(r[0]))
+  assert h[1, 1, 2] == -1.0 and np.count_nonzero(h[1]) == 1
+  assert np.count_nonzero(h[2]) == 0 and not np.isnan(h).any()
+  np.testing.assert_array_equal(plot.heatmap(r), h)
 
 
 def test_heatmaps_png_shows_every_image(tmp_path):

@@ -21,6 +21,7 @@ def _config(digits_dir, **changes):
   return config
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_model(digits_dir, tmp_path,
                                               monkeypatch):
   straight = train.train_and_evaluate(_config(digits_dir), tmp_path / 'a')
@@ -49,6 +50,7 @@ def test_killed_run_resumes_to_the_same_model(digits_dir, tmp_path,
   assert written['test_accuracy'] == resumed['test_accuracy']
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused(digits_dir, tmp_path):
   train.train_and_evaluate(_config(digits_dir, num_epochs=1), tmp_path)
   with pytest.raises(ValueError, match='different config.*learning_rate'):
@@ -83,6 +85,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
   del model
 
 
+@pytest.mark.slow
 def test_diverging_runs_stop_or_say_they_did_not_learn(digits_dir, tmp_path,
                                                       capsys):
   with pytest.raises(FloatingPointError, match='the training loss is (nan|inf)'

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -65,6 +66,28 @@ def test_a_second_job_on_a_workdir_is_refused_until_the_first_ends(tmp_path):
         other.stderr)
   with workdir_lib.lock(tmp_path):  # released
     pass
+
+
+def test_a_critical_section_waits_for_the_process_holding_it(tmp_path):
+  """``critical``: the search's workers take turns (they wait, unlike a
+  second job); the job lock does not block it."""
+  got = tmp_path / 'got'
+  with workdir_lib.lock(tmp_path), workdir_lib.critical(tmp_path) as path:
+    other = subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent(f'''
+            import pathlib, sys
+            from pxp_jax.jobs import workdir
+            print('ready', flush=True)
+            with workdir.critical({str(tmp_path)!r}):
+              pathlib.Path({str(got)!r}).write_text('x')''')],
+        stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == 'ready'
+    time.sleep(2)  # time enough to take a free lock
+    assert other.poll() is None and not got.exists()  # it waits
+    assert (path / workdir_lib.SECTION_LOCK).exists()
+  assert other.wait(timeout=120) == 0 and got.exists()
+  other.stdout.close()
+  assert workdir_lib.results(tmp_path) == ['got']  # the locks are no results
 
 
 def test_score_files_that_cannot_be_read_name_the_folder(tmp_path):

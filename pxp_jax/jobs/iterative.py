@@ -2,12 +2,13 @@
 
 Yeom et al. (Pattern Recognition 2021) prune iteratively: score the units
 of the current model, prune the least scored up to the next rate, fine-tune,
-and score again. ``iterative(config, workdir)`` runs that loop for each
-criterion of ``config.criteria`` (LRP, and the weight-magnitude baseline)
-up to ``config.target_rate`` in steps of ``config.step`` of the units. The
-masks live in the optimiser state (``prune.masking.masked``): pruned
-parameters are zero and stay zero while fine-tuning; already pruned units
-score -inf, so the masks of successive rounds nest.
+and score again. ``iterative(config, workdir)`` runs that loop
+(``pxp_jax.prune.iterative``) for each criterion of ``config.criteria``
+(LRP, and the weight-magnitude baseline) up to ``config.target_rate`` in
+steps of ``config.step`` of the units. The masks live in the optimiser
+state (``prune.masking.masked``): pruned parameters are zero and stay zero
+while fine-tuning; already pruned units score -inf, so the masks of
+successive rounds nest.
 
 Every round ``k`` is saved with orbax in ``workdir/rounds/<k>`` (each
 criterion's variables, unit masks and optimiser state, and the results so
@@ -30,7 +31,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
 import pxp_jax
@@ -38,7 +38,7 @@ from pxp_jax import data, distribute
 from pxp_jax.prune import slim as slim_lib
 from pxp_jax.jobs import task as task_lib, validate
 from pxp_jax.jobs import workdir as workdir_lib
-from pxp_jax.prune import finetune, masking, ranking
+from pxp_jax.prune import finetune, ranking
 
 CRITERIA = validate.ITERATIVE_CRITERIA
 
@@ -75,12 +75,10 @@ def iterative(config, workdir) -> dict[str, Any]:
   params0 = task.variables['params']
   frozen = {k: v for k, v in task.variables.items() if k != 'params'}
   ones = {k: np.ones(u.size, np.float32) for k, u in task.units.items()}
-  tx = _optimizer(
-      masking.param_masks(task.model, task.variables, ones, task.found),
-      learning_rate=config.fine_tune_lr, weight_decay=config.weight_decay)
-  state = {name: dict(params=params0, opt_state=tx.init(params0),
-                      masks=ones) for name in criteria}
-  step_fn = _train_step(task.model)
+  state = {name: finetune.start(
+      task.model, task.variables, task.found, units=list(task.units),
+      learning_rate=config.fine_tune_lr,
+      weight_decay=config.weight_decay)._asdict() for name in criteria}
 
   manager = ocp.CheckpointManager(
       workdir / 'rounds',
@@ -103,41 +101,37 @@ def iterative(config, workdir) -> dict[str, Any]:
       state = distribute.replicate(state, task.device_mesh)
     log(f'resuming after round {done} of {len(rates)}')
 
+  rounds = {name: finetune.iterative(
+      task.model, task.variables,
+      functools.partial(_score, task, criterion, images, labels), rates,
+      functools.partial(_batches, config, task), steps=config.fine_tune_steps,
+      state=finetune.State(**state[name]), first=done, found=task.found,
+      per_layer=config.per_layer, keep_one=config.keep_one,
+      mesh=task.device_mesh) for name, criterion in criteria.items()}
   for k in range(done, len(rates)):
-    rate = rates[k]
-    for name, criterion in criteria.items():
-      s = state[name]
-      variables = {**frozen, 'params': s['params']}
-      scores = criterion.score(task.model, variables, images, labels,
-                               task.units, batch_size=task.batch_size,
-                               mesh=task.device_mesh)
-      # Pruned units rank first, so the new masks contain the old ones.
-      scores = {key: np.where(np.asarray(s['masks'][key]) == 0, -np.inf,
-                              np.asarray(v, np.float64))
-                for key, v in scores.items()}
-      rows = ranking.masks(scores, [rate], per_layer=config.per_layer,
-                           keep_one=config.keep_one)
-      unit_masks = {key: np.asarray(m[0]) for key, m in rows.items()}
-      pmasks = masking.param_masks(task.model, task.variables, unit_masks,
-                                   task.found)
-      params = masking.apply_masks(s['params'], pmasks)
-      opt_state = masking.update_masks(s['opt_state'], pmasks)
-      before = _accuracy(task, params, frozen, unit_masks, config.eval_split)
-      params, opt_state = _fine_tune(config, task, step_fn, params, frozen,
-                                     opt_state, seed=config.seed + k + 1)
-      after = _evaluate(task, params, frozen, unit_masks, config.eval_split,
-                        shape)
+    for name in criteria:
+      try:
+        r = next(rounds[name])
+      except FloatingPointError:
+        raise FloatingPointError(
+            f'the parameters are NaN or infinite after '
+            f'{config.fine_tune_steps} fine-tuning steps; this round was not '
+            f'saved. Lower --config.fine_tune_lr={config.fine_tune_lr} and '
+            'run in a new --workdir') from None
+      before = _accuracy(task, r.pruned['params'], frozen, r.masks,
+                         config.eval_split)
+      after = _evaluate(task, r.state.params, frozen, r.masks,
+                        config.eval_split, shape)
       entry = history[name]
-      entry['rounds'].append(k + 1)
-      entry['rates'].append(rate)
+      entry['rounds'].append(r.round)
+      entry['rates'].append(r.rate)
       entry['pruned_units'].append(
-          int(sum(np.sum(m == 0) for m in unit_masks.values())))
+          int(sum(np.sum(m == 0) for m in r.masks.values())))
       entry['accuracy_before_fine_tuning'].append(before)
       for field in ('accuracy', 'parameters', 'flops'):
         entry[field].append(after[field])
-      state[name] = dict(params=params, opt_state=opt_state,
-                         masks=unit_masks)
-      log(f'round {k + 1} {name}: {rate:.0%} pruned, accuracy '
+      state[name] = r.state._asdict()
+      log(f'round {r.round} {name}: {r.rate:.0%} pruned, accuracy '
           f'{before:.4f} -> {after["accuracy"]:.4f} after '
           f'{config.fine_tune_steps} steps, {after["parameters"]} parameters')
     manager.save(k + 1, args=_save_args(state, history))
@@ -204,62 +198,19 @@ def _abstract(x):
   return jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype)
 
 
-_ADAMW = optax.inject_hyperparams(optax.adamw)
+def _score(task, criterion, images, labels, variables):
+  return criterion.score(task.model, variables, images, labels, task.units,
+                         batch_size=task.batch_size, mesh=task.device_mesh)
 
 
-def _optimizer(masks, learning_rate: float = 0.0, weight_decay: float = 0.0):
-  """AdamW whose hyperparameters and masks live in its state."""
-  return masking.masked(_ADAMW(learning_rate=learning_rate,
-                               weight_decay=weight_decay), masks)
-
-
-@functools.lru_cache(maxsize=8)
-def _train_step(model):
-  """One jitted AdamW step of the cross-entropy; the hyperparameters and
-  masks are in the optimiser state, so one program serves every round,
-  criterion and run of ``model``."""
-  tx = _optimizer(None)  # its update reads everything from the state
-
-  @jax.jit
-  def step(params, frozen, opt_state, images, labels):
-    def loss_fn(p):
-      logits = model.apply({**frozen, 'params': p}, images)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return step
-
-
-def _fine_tune(config, task, step_fn, params, frozen, opt_state, seed):
-  """``config.fine_tune_steps`` steps on the reference split (the train
-  split), batches shuffled with ``seed`` (one fresh order per round: a
-  resumed run sees the same batches)."""
-  if not config.fine_tune_steps:
-    return params, opt_state
-  batches = data.batches(
+def _batches(config, task, k):
+  """Round ``k``'s fine-tuning batches of the reference split (the train
+  split), shuffled with their own seed: a resumed run sees the same."""
+  return data.batches(
       distribute.process_part(task.split(config.reference_split)),
       task.preprocess, task.local_batch(config.fine_tune_batch),
-      shuffle=True, seed=seed, drop_remainder=True, classes=task.classes,
-      num_epochs=None)
-  mesh = task.device_mesh
-  if mesh is not None:
-    params, opt_state, frozen = distribute.replicate(
-        (params, opt_state, frozen), mesh)
-  for _ in range(config.fine_tune_steps):
-    batch = distribute.on_devices(next(batches), mesh)
-    params, opt_state, _ = step_fn(params, frozen, opt_state, batch['image'],
-                                   batch['label'])
-  if not finetune.finite(params):  # one read per round
-    raise FloatingPointError(
-        f'the parameters are NaN or infinite after {config.fine_tune_steps} '
-        'fine-tuning steps; this round was not saved. Lower '
-        f'--config.fine_tune_lr={config.fine_tune_lr} and run in a new '
-        '--workdir')
-  return params, opt_state
+      shuffle=True, seed=config.seed + k + 1, drop_remainder=True,
+      classes=task.classes, num_epochs=None)
 
 
 def _accuracy(task, params, frozen, unit_masks, split) -> float:

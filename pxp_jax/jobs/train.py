@@ -10,7 +10,6 @@ The config is described in ``experiments/configs/train.py``.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -22,78 +21,24 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import orbax.checkpoint as ocp
-from flax.training import train_state
 
 from pxp_jax import checkpoints, data, distribute, evaluate, models
 from pxp_jax.jobs import logs, validate
 from pxp_jax.jobs import workdir as workdir_lib
+from pxp_jax.prune import training
 
 # A trained model whose validation accuracy is below this multiple of
 # chance (1 / classes) is reported as not having learned.
 CHANCE_FACTOR = 1.5
 
 
-class TrainState(train_state.TrainState):
-  batch_stats: Any = None
-
-
 def _optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   total = config.num_epochs * steps_per_epoch
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, config.warmup_epochs * steps_per_epoch, total)
-  if config.optimizer == 'sgd':
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.sgd(schedule, config.momentum, nesterov=True))
-  if config.optimizer == 'adamw':
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
-  raise ValueError(f'unknown optimizer {config.optimizer!r}; use sgd or adamw')
-
-
-def _shift(images, key, pixels: int):
-  """Random translation by up to ``pixels`` (edge padding), per example."""
-  if pixels == 0:
-    return images
-  n, h, w, _ = images.shape
-  padded = jnp.pad(images, ((0, 0), (pixels,) * 2, (pixels,) * 2, (0, 0)),
-                   mode='edge')
-  offsets = jax.random.randint(key, (n, 2), 0, 2 * pixels + 1)
-  crop = lambda img, o: jax.lax.dynamic_slice(  # noqa: E731
-      img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-  return jax.vmap(crop)(padded, offsets)
-
-
-@functools.partial(jax.jit, static_argnames=('shift', 'smoothing'))
-def _train_step(state: TrainState, images, labels, key, shift: int,
-                smoothing: float):
-  images = _shift(images, key, shift)
-
-  def loss_fn(params):
-    variables = {'params': params}
-    if state.batch_stats is not None:
-      variables['batch_stats'] = state.batch_stats
-      logits, updates = state.apply_fn(variables, images, train=True,
-                                       mutable=['batch_stats'])
-    else:
-      logits, updates = state.apply_fn(variables, images, train=True), {}
-    targets = optax.smooth_labels(
-        jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
-  if updates:
-    state = state.replace(batch_stats=updates['batch_stats'])
-  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-  return state, loss, correct
-
-
-def _variables(state: TrainState) -> dict[str, Any]:
-  out = {'params': state.params}
-  if state.batch_stats is not None:
-    out['batch_stats'] = state.batch_stats
-  return out
+  return training.optimizer(config.optimizer, schedule,
+                            weight_decay=config.weight_decay,
+                            momentum=config.momentum)
 
 
 @workdir_lib.exclusive(validate.train)
@@ -134,10 +79,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   size = preprocess.crop_size
   variables = model.init(init_key, jnp.zeros((1, size, size, 3), jnp.float32))
-  state = TrainState.create(
-      apply_fn=model.apply, params=variables['params'],
-      tx=_optimizer(config, steps_per_epoch),
-      batch_stats=variables.get('batch_stats'))
+  tx = _optimizer(config, steps_per_epoch)
+  step_fn = training.train_step(model, tx, train=True,
+                                label_smoothing=config.label_smoothing)
+  # What a checkpoint holds: the variables (BatchNorm statistics too) and
+  # the optimiser state.
+  state = dict(variables=variables, opt_state=tx.init(variables['params']))
   state, step_key = distribute.replicate((state, step_key), mesh)
   local_eval = distribute.local_batch(config.eval_batch_size, mesh)
 
@@ -169,9 +116,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       key = jax.random.fold_in(step_key, epoch * steps_per_epoch + step)
       arrays = distribute.global_batch(batch, mesh,
                                        local_batch * jax.process_count())
-      state, loss, right = _train_step(
-          state, arrays['image'], arrays['label'], key,
-          config.augment_shift, config.label_smoothing)
+      batch = dict(image=training.shift(arrays['image'], key,
+                                        config.augment_shift),
+                   label=arrays['label'])
+      params, stats, opt_state, metrics = step_fn(
+          state['variables']['params'], _frozen(state['variables']),
+          state['opt_state'], batch)
+      state = dict(variables={**stats, 'params': params},
+                   opt_state=opt_state)
+      loss, right = metrics['loss'], metrics['correct']
       size = local_batch * jax.process_count()
       if not math.isfinite(float(loss)):
         raise FloatingPointError(
@@ -183,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       correct += int(right)
       seen += size
     manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-    val_acc = accuracy_on(_variables(state), val_source)
+    val_acc = accuracy_on(state['variables'], val_source)
     log(f'epoch {epoch + 1}/{config.num_epochs}  loss {loss_sum / seen:.4f}'
           f'  train acc {correct / seen:.4f}  val acc {val_acc:.4f}'
           f'  ({time.time() - start:.1f}s)')
@@ -194,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   manager.wait_until_finished()
   manager.close()
 
-  variables = _variables(state)
+  variables = state['variables']
   accuracy = {name: accuracy_on(variables, split(getattr(config.splits, name)))
               for name in ('validation', 'test')}
   results = dict(checkpoint=config.name, validation_accuracy=accuracy['validation'],
@@ -218,6 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   tb.close()
   log(f'exported to {export}')
   return results
+
+
+def _frozen(variables):
+  return {k: v for k, v in variables.items() if k != 'params'}
 
 
 def log(message: str) -> None:

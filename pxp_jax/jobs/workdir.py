@@ -3,11 +3,15 @@ config, refuse a different one, and refuse a second job while one runs.
 
 ``exclusive(check)`` wraps a job ``job(config, workdir, ...)``: once the
 config passed ``check``, the workdir (``~`` expanded) is created, and
-process 0 holds an exclusive lock on ``workdir/.job.lock``
-(``fcntl.flock``) while the job runs. The system drops
-the lock when its process ends, so a killed job never blocks the next one.
-``claim`` records the config in ``config.json``. ``cached_scores`` keeps a
-criterion's scores in an orbax folder that a re-run reads back.
+process 0 holds an exclusive lock on ``workdir/.job.lock`` while the job
+runs (``lock``: a second job is refused at once). ``critical(workdir)``
+holds ``workdir/.lock`` for a short section that several processes of one
+job take in turn, waiting for each other (the search's workers, on one
+host or on several sharing the workdir, claiming it and publishing their
+outputs). Both are one ``fcntl.flock`` mechanism (``_flock``); the system
+drops a lock when its process ends, so a killed job never blocks the next
+one. ``claim`` records the config in ``config.json``. ``cached_scores``
+keeps a criterion's scores in an orbax folder that a re-run reads back.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import json
 import os
 import pathlib
 import socket
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -28,10 +32,11 @@ import orbax.checkpoint as ocp
 from pxp_jax import distribute, files
 
 CONFIG = 'config.json'
-LOCK = '.job.lock'
+LOCK = '.job.lock'       # one job per workdir (``lock``)
+SECTION_LOCK = '.lock'   # short sections of a job's processes (``critical``)
 # What a run writes before its first result: a workdir holding nothing else
 # (empty folders aside) holds no results, and takes a different config.
-_NO_RESULTS = frozenset({CONFIG, LOCK, '.lock', 'tensorboard'})
+_NO_RESULTS = frozenset({CONFIG, LOCK, SECTION_LOCK, 'tensorboard'})
 _HELD: dict[pathlib.Path, object] = {}  # workdir -> its open lock file
 
 
@@ -57,6 +62,24 @@ def prepare(workdir) -> pathlib.Path:
 
 
 @contextlib.contextmanager
+def _flock(path: pathlib.Path, *, wait: bool) -> Iterator[IO[str]]:
+  """Holds an exclusive ``fcntl.flock`` on the file ``path`` (created if
+  missing), yielding it open for reading and writing; ``wait=False`` raises
+  ``BlockingIOError`` at once if another process holds it."""
+  try:
+    f = open(path, 'a+')  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise PermissionError(f'cannot write {path}: {e.strerror}; give a '
+                          '--workdir you can write to') from None
+  with f:
+    fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+      yield f
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def lock(workdir):
   """Holds ``workdir/.job.lock`` exclusively (process 0 of a job; the other
   processes write nothing); yields ``prepare(workdir)``. Re-entrant in one
@@ -65,32 +88,44 @@ def lock(workdir):
   if not distribute.is_primary() or path in _HELD:
     yield path
     return
-  try:
-    f = open(path / LOCK, 'a+')  # pylint: disable=consider-using-with
-  except OSError as e:
-    raise PermissionError(f'cannot write {path / LOCK}: {e.strerror}; give '
-                          'a --workdir you can write to') from None
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
+  with contextlib.ExitStack() as stack:
+    try:
+      f = stack.enter_context(_flock(path / LOCK, wait=False))
+    except BlockingIOError:
+      with open(path / LOCK) as held:
+        holder = held.read().strip() or 'another process'
+      raise RuntimeError(
+          f'--workdir {path} is in use by another job ({holder}); wait for '
+          'it to finish or stop it, or use another --workdir (the lock in '
+          f'{LOCK} is released when that process exits)') from None
     f.seek(0)
-    holder = f.read().strip() or 'another process'
-    f.close()
-    raise RuntimeError(
-        f'--workdir {path} is in use by another job ({holder}); wait for it '
-        'to finish or stop it, or use another --workdir (the lock in '
-        f'{LOCK} is released when that process exits)') from None
-  f.seek(0)
-  f.truncate()
-  f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
-  f.flush()
-  _HELD[path] = f
-  try:
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    f.flush()
+    _HELD[path] = f
+    try:
+      yield path
+    finally:
+      del _HELD[path]
+
+
+@contextlib.contextmanager
+def critical(workdir) -> Iterator[pathlib.Path]:
+  """Holds ``workdir/.lock`` while the block runs, waiting while another
+  process holds it; any process of a job takes it (unlike ``lock``). For
+  short sections that the processes of one job sharing a workdir run in
+  turn, e.g. search workers (on several hosts, over a shared file system
+  with ``flock``) recording the config or moving their outputs in.
+  Yields ``prepare(workdir)``.
+
+  Example::
+
+    with workdir.critical(path):
+      workdir.claim(path, config)
+  """
+  path = prepare(workdir)
+  with _flock(path / SECTION_LOCK, wait=True):
     yield path
-  finally:
-    del _HELD[path]
-    fcntl.flock(f, fcntl.LOCK_UN)
-    f.close()
 
 
 def exclusive(check: Callable[[Any], None]) -> Callable:

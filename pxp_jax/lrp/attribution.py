@@ -553,12 +553,6 @@ class _Context:
     return self.composite.rules[entry].apply(call, proceed, self)
 
 
-def input_heatmap(result: Attribution) -> jax.Array:
-  """(batch, H, W) heatmaps: input relevance summed over channels."""
-  _need_input(result)
-  return jnp.sum(result.input, axis=-1)
-
-
 def conservation(result: Attribution) -> Mapping[str, jax.Array]:
   """Total relevance per sample at the input (if computed) and at each unit
   layer; with biases zeroed and eps -> 0 these all equal the initial
@@ -568,8 +562,3 @@ def conservation(result: Attribution) -> Mapping[str, jax.Array]:
   out.update({k: jnp.sum(v, -1) for k, v in result.units.items()})
   return out
 
-
-def _need_input(result: Attribution):
-  if result.input is None:
-    raise ValueError('this Attribution has no input relevance: it was '
-                     'computed with input_relevance=False')

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pxp_jax import plot
 from pxp_jax.lrp import attribution
 
 ORDERS = ('morf', 'lerf')  # most / least relevant first
@@ -55,16 +56,17 @@ def patch_ids(height: int, width: int, patch_size: int) -> np.ndarray:
   return rows[:, None] * count + columns[None, :]
 
 
-def heatmap(relevance) -> jax.Array:
-  """(N, H, W) heatmaps: (N, H, W, C) input relevance summed over
-  channels; (N, H, W) is returned as it is."""
+def _maps(relevance) -> jax.Array:
+  """(N, H, W) heatmaps of (N, H, W, C) input relevance (``plot.heatmap``,
+  not normalised); (N, H, W) heatmaps as they are."""
   relevance = jnp.asarray(relevance)
-  return relevance.sum(-1) if relevance.ndim == 4 else relevance
+  return (relevance if relevance.ndim == 3
+          else plot.heatmap(relevance, normalize=False))
 
 
 def patch_relevance(relevance, patch_size: int) -> jax.Array:
   """(N, P): each patch's summed relevance, patches as ``patch_ids``."""
-  maps = heatmap(relevance)
+  maps = _maps(relevance)
   ids = patch_ids(*maps.shape[1:], patch_size)
   flat = maps.reshape(maps.shape[0], -1)
   return jnp.zeros((maps.shape[0], int(ids.max()) + 1), flat.dtype).at[
@@ -179,7 +181,7 @@ def perturbation_curves(model, variables, images, labels, relevance, *,
 def _curves(model, variables, images, labels, relevance, morf, baseline,
             counts, classes, *, patch_size, batch_size):
   """The label's (N, K + 1) logits and probabilities, and the order."""
-  maps = heatmap(relevance).astype(images.dtype)
+  maps = _maps(relevance).astype(images.dtype)
   order = perturbation_order(maps, patch_size, morf)
   logits = _perturbed_logits(model, variables, images, order, baseline,
                              counts, patch_size, batch_size)
@@ -283,10 +285,10 @@ def lrp_heatmaps(model, variables, images, labels,
   images, labels = np.asarray(images), np.asarray(labels)
   out = {}
   for name, composite in composites.items():
-    out[name] = _batched(lambda x, y, c=composite: heatmap(  # noqa: E731
+    out[name] = _batched(lambda x, y, c=composite: plot.heatmap(  # noqa: E731
         attribution.attribute(model, variables, x, y, c, masks=masks,
-                              check_finite=check_finite).input),
-                         images, labels, batch_size)
+                              check_finite=check_finite).input,
+        normalize=False), images, labels, batch_size)
   return out
 
 

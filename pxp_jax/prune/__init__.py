@@ -4,7 +4,8 @@
   ranking.py    scores -> nested masks over pruning rates
   sweep.py      masked_apply and one compiled program per sweep
   metrics.py    A_PR, AUC, Top-PR
-  finetune.py   fine-tuning with pruned units kept pruned
+  training.py   the one training step and masked optimiser
+  finetune.py   fine_tune and iterative pruning on it (pruned units stay)
   masking.py    unit masks -> parameter masks; masks in an optax state
   slim.py       pruned units removed physically: slim(model, variables, masks)
 
@@ -12,14 +13,15 @@ Pure functions over pytrees: scores and masks are dicts from a unit key
 (``pxp_jax.models.structure.Unit``) to a vector over the layer's units.
 """
 
-from pxp_jax.prune import criteria, slim
-from pxp_jax.prune.finetune import fine_tune
+from pxp_jax.prune import criteria, slim, training
+from pxp_jax.prune.finetune import fine_tune, iterative
 from pxp_jax.prune.ranking import DEFAULT_RATES, masks, normalize
 from pxp_jax.prune.masking import (apply_masks, masked, param_masks,
                                    update_masks)
 from pxp_jax.prune.metrics import stack, summarize
 from pxp_jax.prune.sweep import masked_apply, sweep_accuracy, sweep_correct
 
-__all__ = ['DEFAULT_RATES', 'apply_masks', 'criteria', 'fine_tune', 'masked',
-           'masked_apply', 'masks', 'normalize', 'slim', 'param_masks', 'stack', 'summarize', 'sweep_accuracy',
-           'sweep_correct', 'update_masks']
+__all__ = ['DEFAULT_RATES', 'apply_masks', 'criteria', 'fine_tune',
+           'iterative', 'masked', 'masked_apply', 'masks', 'normalize', 'slim',
+           'param_masks', 'stack', 'summarize', 'sweep_accuracy',
+           'sweep_correct', 'training', 'update_masks']
