@@ -34,8 +34,8 @@ MIN_SPEARMAN = 0.999
     ('resnet_digits', 'filters'), ('vit_digits', 'neurons'),
     ('vit_digits', 'heads')])
 def test_bfloat16_scores_rank_units_as_float32(digits_dir, model_name, units):
-  task = Task(model_name, data_dir=digits_dir, units_type=units,
-              precision='bfloat16', remat=True)
+  task = Task.load(model_name, data_dir=digits_dir, units_type=units,
+                   precision='bfloat16', remat=True)
   composite, _ = task.composite()
   lrp = task.criterion('lrp', composite=composite)
   assert (lrp.precision, lrp.remat) == ('bfloat16', True)
@@ -59,7 +59,7 @@ def test_bfloat16_scores_rank_units_as_float32(digits_dir, model_name, units):
 
 
 def test_gradient_criteria_stay_float32(digits_dir):
-  task = Task('resnet_digits', data_dir=digits_dir, precision='bfloat16')
+  task = Task.load('resnet_digits', data_dir=digits_dir, precision='bfloat16')
   assert not hasattr(task.criterion('gradient'), 'precision')
 
 
