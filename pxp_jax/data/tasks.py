@@ -96,17 +96,11 @@ class FewClass:
 
   def class_list(self, source) -> list[int]:
     """The task's classes, or every class of ``source``."""
-    if self.classes is not None:
-      return list(self.classes)
-    num_classes = getattr(source, 'num_classes', None) or self.num_classes
-    return (list(range(num_classes)) if num_classes
-            else np.unique(labels_of(source)).tolist())
+    return _class_list(source, self.classes, self.num_classes)
 
   def keep(self, labels) -> np.ndarray:
     """Which of ``labels`` are of the task's classes (bool)."""
-    labels = np.asarray(labels)
-    return (np.ones(len(labels), bool) if self.classes is None
-            else np.isin(labels, self.classes))
+    return _keep(labels, self.classes)
 
   def restrict(self, source):
     """The examples of ``source`` of the task's classes (``source``
@@ -145,10 +139,9 @@ class Draw:
     source in the error of a class with too few examples."""
     n = self.n_per_class if n_per_class is None else count(
         'n_per_class', n_per_class, 1, 'reference samples per class')
-    task = FewClass(classes)
-    _check_per_class(labels_of(source), task.class_list(source), n,
+    _check_per_class(labels_of(source), _class_list(source, classes), n,
                      'n_per_class', where)
-    return reference_samples(source, n, seed=self.seed, classes=task.classes)
+    return reference_samples(source, n, seed=self.seed, classes=classes)
 
   def holdout(self, source, classes: Sequence[int] | None = None,
               exclude=(), where: str = 'the source'):
@@ -156,19 +149,33 @@ class Draw:
     none of the indices ``exclude`` (the reference samples): all of them,
     or ``holdout_per_class`` of each class drawn with ``seed + 1``; a
     ``Subset`` (or ``source`` itself when that is all of it)."""
-    task = FewClass(classes)
     labels = labels_of(source)
-    keep = task.keep(labels)
+    keep = _keep(labels, classes)
     keep[np.asarray(exclude, np.int64)] = False
     if not self.holdout_per_class:
       return source if keep.all() else Subset(source, np.flatnonzero(keep))
     rest = Subset(source, np.flatnonzero(keep))
-    _check_per_class(labels[rest.indices], task.class_list(source),
+    _check_per_class(labels[rest.indices], _class_list(source, classes),
                      self.holdout_per_class, 'holdout_per_class',
                      f'{where} without the reference samples')
     held = reference_samples(rest, self.holdout_per_class,
-                             seed=self.seed + 1, classes=task.classes)
+                             seed=self.seed + 1, classes=classes)
     return Subset(source, rest.indices[held])
+
+
+def _class_list(source, classes, num_classes=None) -> list[int]:
+  """``classes``, or every class of ``source``."""
+  if classes is not None:
+    return [int(c) for c in classes]
+  num_classes = getattr(source, 'num_classes', None) or num_classes
+  return (list(range(num_classes)) if num_classes
+          else np.unique(labels_of(source)).tolist())
+
+
+def _keep(labels, classes) -> np.ndarray:
+  labels = np.asarray(labels)
+  return (np.ones(len(labels), bool) if classes is None
+          else np.isin(labels, list(classes)))
 
 
 def _check_per_class(labels, classes, wanted: int, name: str,
