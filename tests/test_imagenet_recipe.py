@@ -87,6 +87,7 @@ def imagenet(tmp_path_factory):
   return str(root / 'tfds'), str(out)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_is_the_torchvision_model(imagenet):
   _, ckpt = imagenet
   model, variables = checkpoints.load(ckpt)
@@ -103,6 +104,7 @@ def test_converted_checkpoint_is_the_torchvision_model(imagenet):
   np.testing.assert_allclose(model.apply(variables, x), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_prune_recipe_over_class_draws(imagenet, tmp_path):
   data_dir, ckpt = imagenet
   config = imagenet_configs.get_config('job=prune,arch=resnet18,classes=3,'
@@ -128,6 +130,7 @@ def test_prune_recipe_over_class_draws(imagenet, tmp_path):
   assert again == summary
 
 
+@pytest.mark.slow
 def test_search_recipe_validates_on_a_train_holdout(imagenet, tmp_path):
   data_dir, ckpt = imagenet
   config = imagenet_configs.get_config('job=search,arch=resnet18,classes=3,'

@@ -30,6 +30,7 @@ from pxp_jax.prune import criteria
 MIN_SPEARMAN = 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name, units', [
     ('resnet_digits', 'filters'), ('vit_digits', 'neurons'),
     ('vit_digits', 'heads')])
@@ -124,6 +125,7 @@ FLOAT32_REMAT_TOLERANCE = {'resnet_tiny': 1e-6, 'vgg_tiny': 1e-6,
                            'vit_tiny': 1e-5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, overrides', [
     ('resnet_tiny', {}), ('resnet_tiny', {'block': resnet.Bottleneck}),
     ('vgg_tiny', {}), ('vit_tiny', {})])
@@ -142,6 +144,7 @@ def test_remat_gives_the_same_relevance(name, overrides):
                       masks=masks) <= tolerance
 
 
+@pytest.mark.slow
 def test_remat_vit_is_the_same_maths(x64):
   del x64
   model, variables, x = _random_model('vit_tiny', jnp.float64)

@@ -9,6 +9,8 @@ from experiments.configs import prune as prune_configs
 from pxp_jax.jobs import prune, task as task_lib
 from pxp_jax.prune import criteria
 
+pytestmark = pytest.mark.slow  # each test runs the job
+
 
 def _config(digits_dir, **changes):
   config = prune_configs.get_config('model=resnet_digits,runlocal')
