@@ -30,7 +30,7 @@ class ArgumentError(ValueError):
   def worded(self, name: Callable[[str], str] = lambda a: a) -> str:
     """The message with each argument ``a`` written ``name(a)``."""
     text = '{' + self.name + '}=' + show(self.value) + self.problem
-    return re.sub(r'\{(\w+)\}', lambda m: name(m[1]), text)
+    return re.sub(r'\{([\w.]+)\}', lambda m: name(m[1]), text)
 
 
 def show(value) -> str:

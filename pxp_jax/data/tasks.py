@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pxp_jax.checks import ArgumentError, choice, count, show
+from pxp_jax import checks
+from pxp_jax.checks import ArgumentError
 from pxp_jax.data.pipeline import Subset, labels_of, reference_samples
 
 # How a few-class task drops the other classes: their logits are -inf (the
@@ -30,7 +31,7 @@ from pxp_jax.data.pipeline import Subset, labels_of, reference_samples
 OTHER_CLASSES = ('excluded', 'zeroed')
 
 
-def draw_classes(num_classes: int, count: int, seed: int) -> list[int]:  # pylint: disable=redefined-outer-name
+def draw_classes(num_classes: int, count: int, seed: int) -> list[int]:
   """``count`` of ``num_classes`` classes drawn without replacement with
   ``np.random.default_rng(seed)``, sorted (the PXP reference draws its
   few-class tasks with the run's seed)."""
@@ -78,12 +79,12 @@ class FewClass:
                           'model is 100% accurate')
     if len(set(classes)) != len(classes):
       raise ArgumentError('classes', classes, ' names a class twice; write '
-                          f'{show(tuple(sorted(set(classes))))}')
-    choice('other_classes', self.other_classes, OTHER_CLASSES)
+                          f'{checks.show(tuple(sorted(set(classes))))}')
+    checks.choice('other_classes', self.other_classes, OTHER_CLASSES)
     object.__setattr__(self, 'classes', list(classes) or None)
 
   @classmethod
-  def drawn(cls, num_classes: int, count: int, seed: int,  # pylint: disable=redefined-outer-name
+  def drawn(cls, num_classes: int, count: int, seed: int,
             other_classes: str = 'excluded') -> 'FewClass':
     """``count`` classes drawn with ``seed`` (``draw_classes``)."""
     return cls(draw_classes(num_classes, count, seed), num_classes,
@@ -125,10 +126,13 @@ class Draw:
   holdout_per_class: int = 0
 
   def __post_init__(self):
-    count('n_per_class', self.n_per_class, 1, 'reference samples per class')
-    count('seed', self.seed, 0, 'the seed of classes and reference samples')
-    count('holdout_per_class', self.holdout_per_class, 0,
-          'evaluation examples per class on the reference split, 0 = all')
+    checks.count('n_per_class', self.n_per_class, 1,
+                 'reference samples per class')
+    checks.count('seed', self.seed, 0,
+                 'the seed of classes and reference samples')
+    checks.count('holdout_per_class', self.holdout_per_class, 0,
+                 'evaluation examples per class on the reference split, '
+                 '0 = all')
 
   def references(self, source, classes: Sequence[int] | None = None,
                  n_per_class: int | None = None,
@@ -137,7 +141,7 @@ class Draw:
     draw's) examples of each of ``classes`` (None: all),
     ``data.reference_samples`` with the draw's seed; ``where`` names the
     source in the error of a class with too few examples."""
-    n = self.n_per_class if n_per_class is None else count(
+    n = self.n_per_class if n_per_class is None else checks.count(
         'n_per_class', n_per_class, 1, 'reference samples per class')
     _check_per_class(labels_of(source), _class_list(source, classes), n,
                      'n_per_class', where)

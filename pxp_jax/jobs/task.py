@@ -249,14 +249,10 @@ class Task:
     e.g. the search's best_composite.json), a preset name, or '' for the
     family's default for pruning; and the JSON's other fields (its ranking
     sign ``signed``, ``n_per_class``)."""
-    if json_path:
-      path = pathlib.Path(json_path)
-      if not path.exists():
-        raise FileNotFoundError(f'--config.composite_json={path} does not '
-                                'exist')
-      spec = files.read_json(path, 'give --config.composite_json a '
-                                   'composite JSON such as the search\'s '
-                                   'best_composite.json')
+    if json_path:  # its existence is checked with the config
+      spec = files.read_json(pathlib.Path(json_path),
+                             'give --config.composite_json a composite JSON '
+                             'such as the search\'s best_composite.json')
       extra = {k: v for k, v in spec.items() if k not in ('preset', 'args')}
       return composites.from_json(spec), extra
     if not name:
@@ -296,7 +292,7 @@ class Task:
                            self.units, batch_size=self.batch_size,
                            mesh=self.device_mesh)
 
-  # Evaluation ------------------------------------------------------------------
+  # Evaluation ----------------------------------------------------------------
 
   def evaluation_options(self, split: str, *, cached: bool = False) -> dict:
     """The arguments of ``evaluation.evaluate`` / ``accuracies`` after the

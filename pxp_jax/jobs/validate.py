@@ -33,6 +33,26 @@ OPTIMIZERS = ('sgd', 'adamw')
 ITERATIVE_CRITERIA = ('lrp', 'weight', 'gradient', 'taylor', 'random')
 
 
+@contextlib.contextmanager
+def as_config(field: str | None = None, value=None, **renamed: str):
+  """Errors of the objects built inside, worded as the config's.
+
+  An ``ArgumentError`` names each argument ``a`` as ``--config.FIELD``,
+  the field being ``renamed.get(a, a)``; with ``field``, any other
+  ``ValueError`` is prefixed ``--config.FIELD=value: `` (a split name the
+  data do not have).
+  """
+  try:
+    yield
+  except checks.ArgumentError as error:
+    raise ValueError(error.worded(
+        lambda name: f'--config.{renamed.get(name, name)}')) from None
+  except ValueError as error:
+    if field is None:
+      raise
+    raise ValueError(f'--config.{field}={value!r}: {error}') from None
+
+
 def pruning(config) -> None:
   """The fields of ``options.pruning_fields`` (rates, random seeds and draws
   where the config has them), of ``options.scale_fields`` and of
@@ -162,26 +182,6 @@ def rates(values, field: str = 'rates') -> list[float]:
     return ranking.check_rates(values)
 
 
-@contextlib.contextmanager
-def as_config(field: str | None = None, value=None, **renamed: str):
-  """Errors of the objects built inside, worded as the config's.
-
-  An ``ArgumentError`` names each argument ``a`` as ``--config.FIELD``,
-  the field being ``renamed.get(a, a)``; with ``field``, any other
-  ``ValueError`` is prefixed ``--config.FIELD=value: `` (a split name the
-  data do not have).
-  """
-  try:
-    yield
-  except checks.ArgumentError as error:
-    raise ValueError(error.worded(
-        lambda name: f'--config.{renamed.get(name, name)}')) from None
-  except ValueError as error:
-    if field is None:
-      raise
-    raise ValueError(f'--config.{field}={value!r}: {error}') from None
-
-
 def one_class_choice(classes, class_draw) -> None:
   """``classes`` or ``class_draw`` (>= 2) choose the few-class task, not
   both."""
@@ -210,7 +210,8 @@ def _count(config, field: str, low: int, meaning: str) -> None:
 def _finite(config, field: str, low: float, high: float, span: str, *,
             upper_open: bool = False, lower_open: bool = False) -> None:
   value = config[field]
-  inside = (checks.is_real(value) and (value > low if lower_open else value >= low)
+  inside = (checks.is_real(value)
+            and (value > low if lower_open else value >= low)
             and (value < high if upper_open else value <= high))
   if not inside:
     raise ValueError(f'--config.{field}={value!r} must be a finite number '
@@ -282,8 +283,8 @@ def _fine_tuning(config) -> None:
 
 def _one_of_rates(config, field: str) -> None:
   value = config[field]
-  if not checks.is_real(value) or float(value) not in [float(r)
-                                                 for r in config.rates]:
+  if not checks.is_real(value) or float(value) not in [
+      float(r) for r in config.rates]:
     raise ValueError(f'--config.{field}={value!r}: {field} {value} is not '
                      f'one of --config.rates={_show(tuple(config.rates))}; '
                      'choose one of them')
@@ -310,16 +311,11 @@ def _faithfulness(config) -> None:
   if not config.faithfulness:
     return
   options = config.perturbation
-  if (not isinstance(options.patch_size, numbers.Integral)
-      or options.patch_size < 1):
-    raise ValueError(f'--config.perturbation.patch_size={options.patch_size!r}'
-                     ' must be an integer >= 1 (pixels of a square patch)')
-  if not isinstance(options.steps, numbers.Integral) or options.steps < 0:
-    raise ValueError(f'--config.perturbation.steps={options.steps!r} must be '
-                     'an integer >= 0 (curve points, 0 = one patch per step)')
-  if options.order not in faithfulness.ORDERS:
-    raise ValueError(f'--config.perturbation.order={options.order!r} is not '
-                     f'one of {", ".join(faithfulness.ORDERS)}')
-  if options.baseline not in analyses.BASELINES:
-    raise ValueError(f'--config.perturbation.baseline={options.baseline!r} '
-                     f'is not one of {", ".join(analyses.BASELINES)}')
+  with as_config():
+    checks.count('perturbation.patch_size', options.patch_size, 1,
+                 'pixels of a square patch')
+    checks.count('perturbation.steps', options.steps, 0,
+                 'curve points, 0 = one patch per step')
+    checks.choice('perturbation.order', options.order, faithfulness.ORDERS)
+    checks.choice('perturbation.baseline', options.baseline,
+                  analyses.BASELINES)

@@ -58,8 +58,9 @@ def accuracy(model, variables, batches: Iterable[Mapping[str, np.ndarray]],
   if masks is None:
     return _plain_accuracy(model, variables, batches, classes, mesh,
                            n_batches, batch_size)
-  rows = next(iter(masks.values())).ndim == 2
-  stacked = {k: jnp.asarray(v if rows else v[None]) for k, v in masks.items()}
+  rows = np.ndim(next(iter(masks.values()), ())) == 2
+  stacked = {k: jnp.asarray(v) if rows else jnp.asarray(v)[None]
+             for k, v in masks.items()}
   result = _sweep(model, variables, batches, stacked, classes, mesh,
                   n_batches, batch_size)
   return result if rows else float(result[0])
@@ -81,7 +82,7 @@ def accuracies(model, variables, batches: Iterable,
   return {n: flat[starts[i]:starts[i + 1]] for i, n in enumerate(names)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Evaluation:
   """Accuracy of the models pruned by each criterion at each rate.
 
