@@ -296,10 +296,12 @@ class Task:
 
   def evaluation_options(self, split: str, *, cached: bool = False) -> dict:
     """The arguments of ``evaluation.evaluate`` / ``accuracies`` after the
-    model's: the batches of ``split``, the classes and the mesh."""
+    model's: the batches of ``split``, the classes and the mesh (every
+    process passes the same ``n_batches`` and ``batch_size``)."""
     step = self._eval_step(split)
     return dict(batches=self.batches(split, cached=cached),
-                classes=self.few_class.allowed, mesh=self.device_mesh,
+                classes=self.few_class.allowed, num_classes=self.num_classes,
+                mesh=self.device_mesh,
                 n_batches=distribute.batch_count(len(self.source(split)),
                                                  step),
                 batch_size=step)

@@ -32,7 +32,8 @@ from pxp_jax.prune import metrics, ranking, sweep
 
 def accuracy(model, variables, batches: Iterable[Mapping[str, np.ndarray]],
              masks: Mapping | None = None,
-             classes: Sequence[int] | None = None, *, mesh=None,
+             classes: Sequence[int] | None = None, *,
+             num_classes: int | None = None, mesh=None,
              n_batches: int | None = None, batch_size: int | None = None):
   """Fraction of examples whose arg-max logit is the label.
 
@@ -46,6 +47,8 @@ def accuracy(model, variables, batches: Iterable[Mapping[str, np.ndarray]],
       (``ranking.masks``), all evaluated by one compiled program.
     classes: the argmax runs over these classes only (a few-class task;
       None: all).
+    num_classes: the model's classes (None: read from its output on the
+      first batch).
     mesh: split every batch over this mesh's data axis
       (``pxp_jax.distribute.global_batches``: ``batches`` are this
       process's, padded to ``batch_size``; on several processes each passes
@@ -61,14 +64,15 @@ def accuracy(model, variables, batches: Iterable[Mapping[str, np.ndarray]],
   rows = np.ndim(next(iter(masks.values()), ())) == 2
   stacked = {k: jnp.asarray(v) if rows else jnp.asarray(v)[None]
              for k, v in masks.items()}
-  result = _sweep(model, variables, batches, stacked, classes, mesh,
-                  n_batches, batch_size)
+  result = _sweep(model, variables, batches, stacked, classes, num_classes,
+                  mesh, n_batches, batch_size)
   return result if rows else float(result[0])
 
 
 def accuracies(model, variables, batches: Iterable,
                masks: Mapping[str, Mapping[str, jax.Array]],
-               classes: Sequence[int] | None = None, *, mesh=None,
+               classes: Sequence[int] | None = None, *,
+               num_classes: int | None = None, mesh=None,
                n_batches: int | None = None,
                batch_size: int | None = None) -> dict[str, np.ndarray]:
   """name -> accuracy of each row of ``masks[name]`` (unit key -> (rows,
@@ -76,7 +80,7 @@ def accuracies(model, variables, batches: Iterable,
   one pass over ``batches``."""
   names = list(masks)
   flat = _sweep(model, variables, batches, metrics.stack(masks), classes,
-                mesh, n_batches, batch_size)
+                num_classes, mesh, n_batches, batch_size)
   rows = [len(next(iter(masks[n].values()))) for n in names]
   starts = np.cumsum([0, *rows])
   return {n: flat[starts[i]:starts[i + 1]] for i, n in enumerate(names)}
@@ -123,7 +127,8 @@ def evaluate(model, variables, batches: Iterable,
              scores: Mapping[str, Mapping | Sequence[Mapping]],
              rates: Sequence[float] = ranking.DEFAULT_RATES, *,
              classes: Sequence[int] | None = None, per_layer: bool = False,
-             keep_one: bool = False, mesh=None, n_batches: int | None = None,
+             keep_one: bool = False, num_classes: int | None = None,
+             mesh=None, n_batches: int | None = None,
              batch_size: int | None = None) -> Evaluation:
   """Prunes by every criterion's scores at every rate and measures each
   pruned model on ``batches``, all by one compiled program in one pass.
@@ -138,7 +143,7 @@ def evaluate(model, variables, batches: Iterable,
       model is measured apart.
     classes: the argmax runs over these classes only (None: all).
     per_layer, keep_one: see ``ranking.masks``.
-    mesh, n_batches, batch_size: see ``accuracy``.
+    num_classes, mesh, n_batches, batch_size: see ``accuracy``.
 
   Returns:
     An ``Evaluation``.
@@ -154,7 +159,8 @@ def evaluate(model, variables, batches: Iterable,
   if rates[0] != 0:  # the unpruned model is not among the rows: add it
     some = next(iter(flat.values()))
     flat['unpruned'] = {k: np.ones_like(v[:1]) for k, v in some.items()}
-  measured = accuracies(model, variables, batches, flat, classes, mesh=mesh,
+  measured = accuracies(model, variables, batches, flat, classes,
+                        num_classes=num_classes, mesh=mesh,
                         n_batches=n_batches, batch_size=batch_size)
   curves = {name: np.stack([measured[f'{name}#{i}']
                             for i in range(len(seeds))])
@@ -178,21 +184,23 @@ def zero_other_classes(variables, classifier: str, classes: Sequence[int]):
   return flax.traverse_util.unflatten_dict(flat, sep='.')
 
 
-def _sweep(model, variables, batches, stacked, classes, mesh, n_batches,
-           batch_size) -> np.ndarray:
-  """``sweep.sweep_accuracy`` with the model's class count read from its
-  output on the first batch."""
-  batches = iter(batches)
-  first = next(batches, None)
-  if first is None:
-    return sweep.sweep_accuracy(model, variables, [], stacked, 1)
-  logits = jax.eval_shape(model.apply, variables,
-                          jax.ShapeDtypeStruct(np.shape(first['image']),
-                                               jnp.float32))
-  return sweep.sweep_accuracy(
-      model, variables, itertools.chain([first], batches), stacked,
-      logits.shape[-1], classes, mesh=mesh, n_batches=n_batches,
-      batch_size=batch_size)
+def _sweep(model, variables, batches, stacked, classes, num_classes, mesh,
+           n_batches, batch_size) -> np.ndarray:
+  """``sweep.sweep_accuracy``; without ``num_classes`` the model's class
+  count is read from its output on the first batch."""
+  if num_classes is None:
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+      return sweep.sweep_accuracy(model, variables, [], stacked, 1)
+    num_classes = jax.eval_shape(
+        model.apply, variables,
+        jax.ShapeDtypeStruct(np.shape(first['image']), jnp.float32)
+    ).shape[-1]
+    batches = itertools.chain([first], batches)
+  return sweep.sweep_accuracy(model, variables, batches, stacked, num_classes,
+                              classes, mesh=mesh, n_batches=n_batches,
+                              batch_size=batch_size)
 
 
 def _plain_accuracy(model, variables, batches, classes, mesh, n_batches,
