@@ -116,6 +116,8 @@ def test_evaluate_without_rate_zero_measures_the_unpruned_model(setup):
   with pytest.raises(ValueError, match=r'rates=\(0.5, 0.2\): rates must be '
                      r'increasing and lie in \[0, 1\).*write \(0.2, 0.5\)'):
     prune.evaluate(model, variables, batches, scores, (0.5, 0.2))
+  with pytest.raises(ValueError, match='scores name no criterion'):
+    prune.evaluate(model, variables, batches, {}, (0.5, 0.9))
 
 
 def test_zero_other_classes_zeroes_their_classifier_rows(setup):

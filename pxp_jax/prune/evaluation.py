@@ -149,6 +149,9 @@ def evaluate(model, variables, batches: Iterable,
     An ``Evaluation``.
   """
   rates = ranking.check_rates(rates)
+  if not scores:
+    raise ValueError('scores name no criterion; pass {criterion: scores} '
+                     '(a criterion\'s score, or a list of them per seed)')
   runs = {name: [s] if isinstance(s, Mapping) else list(s)
           for name, s in scores.items()}
   masks = {name: [ranking.masks(s, rates, per_layer=per_layer,
