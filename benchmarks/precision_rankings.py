@@ -48,7 +48,7 @@ def main(argv):
         'pruned | float32 ms | bfloat16 ms | bfloat16 / float32 |')
   print('|---|---|---|---|---|---|---|---|---|')
   for model_name, units in CASES:
-    task = Task(model_name, units_type=units)
+    task = Task.load(model_name, units_type=units)
     composite, _ = task.composite()
     lrp = task.criterion('lrp', composite=composite)
     scores = {p: _flat(task.score(dataclasses.replace(lrp, precision=p)))

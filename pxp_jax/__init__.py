@@ -2,8 +2,9 @@
 
 The data flow and the subpackages that hold it::
 
-  data -> models -> lrp (rules, composites, attribute) -> prune (criteria,
-  masks, sweep) -> jobs (task, prune, search, train)
+  data (sources, the few-class task and draws) -> models -> lrp (rules,
+  composites, attribute) -> prune (criteria, masks, evaluate) -> jobs (task,
+  prune, search, train)
 
 ``pxp_jax.attribute`` computes LRP relevance; ``pxp_jax.composites`` holds
 the composites and ``pxp_jax.rules`` the rules. Submodules load on first use,
@@ -14,7 +15,7 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'evaluate',
+_SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'checks',
                'plot', 'lrp', 'prune', 'jobs')
 _ALIASES = {'composites': 'pxp_jax.lrp.composites', 'rules': 'pxp_jax.lrp.rules'}
 

@@ -333,3 +333,77 @@ def test_batches_and_arrays_restrict_classes(splits):
   first = test[int(np.flatnonzero(test.labels == labels[0])[0])]
   np.testing.assert_array_equal(images[0],
                                 data.preprocess(first['image'], data.DIGITS))
+
+
+def test_draw_classes_is_seeded_sorted_and_checked():
+  drawn = data.draw_classes(1000, 3, seed=0)
+  assert drawn == sorted(drawn) and len(set(drawn)) == 3
+  assert drawn == data.draw_classes(1000, 3, seed=0)
+  assert drawn != data.draw_classes(1000, 3, seed=1)
+  assert data.draw_classes(5, 5, seed=3) == [0, 1, 2, 3, 4]
+  for bad in (1, 11):
+    with pytest.raises(ValueError, match=rf'count={bad} must lie in \[2, 10\]'
+                       ': the model has 10 classes'):
+      data.draw_classes(10, bad, seed=0)
+
+
+@pytest.mark.parametrize('arguments,message', [
+    (dict(classes=(3, 3)), r'classes=\(3, 3\) must name at least two '
+     'different classes'),
+    (dict(classes=(3,)), r'classes=\(3,\) must name at least two'),
+    (dict(classes=(1, 2, 1)), r'classes=\(1, 2, 1\) names a class twice; '
+     r'write \(1, 2\)'),
+    (dict(classes=(-1, 2)), r'\[-1\] are not class indices'),
+    (dict(classes=(1, True)), r'\[True\] are not class indices'),
+    (dict(classes=(1, 12), num_classes=10), r'classes=\(1, 12\): \[12\] are '
+     'not classes of this model; its classes are 0 to 9'),
+    (dict(other_classes='dropped'), "other_classes='dropped': other_classes "
+     'must be one of excluded, zeroed'),
+])
+def test_few_class_task_checks_its_arguments(arguments, message):
+  with pytest.raises(ValueError, match=message):
+    data.FewClass(**arguments)
+
+
+def test_few_class_task_restricts_a_source():
+  source = _Numbered(12)  # labels 0, 1, 2, 0, 1, 2, ...
+  task = data.FewClass((2, 0), num_classes=3)
+  assert task.classes == [2, 0] and task.allowed == [2, 0]
+  assert data.FewClass((2, 0), other_classes='zeroed').allowed is None
+  subset = task.restrict(source)
+  np.testing.assert_array_equal(subset.indices, [0, 2, 3, 5, 6, 8, 9, 11])
+  everything = data.FewClass()
+  assert everything.classes is None and everything.restrict(source) is source
+  assert everything.class_list(source) == [0, 1, 2]
+  drawn = data.FewClass.drawn(10, 3, seed=0)
+  assert drawn.classes == data.draw_classes(10, 3, seed=0)
+
+
+def test_draws_of_references_and_holdout_are_seeded_and_disjoint():
+  source = _Numbered(30)  # 10 examples of each of 3 classes
+  draw = data.Draw(n_per_class=2, seed=0, holdout_per_class=3)
+  references = draw.references(source, [0, 2])
+  np.testing.assert_array_equal(
+      references, data.reference_samples(source, 2, seed=0, classes=[0, 2]))
+  assert len(draw.references(source, None, 4)) == 12
+  held = draw.holdout(source, [0, 2], exclude=references)
+  assert len(held) == 6 and not set(held.indices) & set(references)
+  assert sorted(set(held.labels)) == [0, 2]
+  np.testing.assert_array_equal(
+      held.indices, draw.holdout(source, [0, 2], references).indices)
+  rest = data.Draw(2, seed=0).holdout(source, [0, 2], exclude=references)
+  assert len(rest) == 16 and not set(rest.indices) & set(references)
+  with pytest.raises(ValueError, match=r'n_per_class=11, but the source has '
+                     r'fewer examples of classes \[0, 1, 2\] .*set '
+                     'n_per_class to at most 10'):
+    draw.references(source, None, 11)
+  with pytest.raises(ValueError, match='holdout_per_class=9, but it without '
+                     'the reference samples has fewer'):
+    data.Draw(2, 0, 9).holdout(source, [0], references, where='it')
+  for arguments, message in [
+      (dict(n_per_class=0), 'n_per_class=0 must be an integer >= 1'),
+      (dict(seed=-1), 'seed=-1 must be an integer >= 0'),
+      (dict(holdout_per_class=1.5), 'holdout_per_class=1.5 must be an '
+       'integer >= 0')]:
+    with pytest.raises(ValueError, match=message):
+      data.Draw(**arguments)

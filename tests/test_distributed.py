@@ -231,10 +231,10 @@ def test_two_processes_train_checkpoint_and_export(digits_dir, tmp_path):
   outputs = [_finished(run) for run in runs]
   assert 'exported to' in outputs[0] and 'exported to' not in outputs[1]
   results = json.loads((tmp_path / 'results.json').read_text())
-  from pxp_jax import checkpoints, data, evaluate  # pylint: disable=import-outside-toplevel
+  from pxp_jax import checkpoints, data, prune  # pylint: disable=import-outside-toplevel
   model, variables = checkpoints.load(tmp_path / 'export')
   recipe = checkpoints.recipe(tmp_path / 'export')
-  accuracy = evaluate.accuracy(model, variables, data.batches(
+  accuracy = prune.accuracy(model, variables, data.batches(
       data.load('digits', 'test[:64]', data_dir=digits_dir),
       data.Preprocess(**recipe['preprocess']), 32))
   assert accuracy == pytest.approx(results['test_accuracy'], abs=1e-9)

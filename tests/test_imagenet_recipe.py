@@ -77,7 +77,7 @@ def imagenet(tmp_path_factory):
   """(data_dir, checkpoint folder) of the synthetic ImageNet and ResNet-18."""
   root = tmp_path_factory.mktemp('imagenet')
   classes = sorted({c for s in SEEDS
-                    for c in task_lib.draw_classes(1000, 3, s)})
+                    for c in data.draw_classes(1000, 3, s)})
   _write_imagenet(str(root / 'tfds'), classes)
   torch.manual_seed(0)
   net = torchvision.models.resnet18(num_classes=1000).eval()
@@ -89,6 +89,7 @@ def imagenet(tmp_path_factory):
   return str(root / 'tfds'), str(out)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_is_the_torchvision_model(imagenet):
   _, ckpt = imagenet
   model, variables = checkpoints.load(ckpt)
@@ -105,6 +106,7 @@ def test_converted_checkpoint_is_the_torchvision_model(imagenet):
   np.testing.assert_allclose(model.apply(variables, x), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_prune_recipe_over_class_draws(imagenet, tmp_path):
   data_dir, ckpt = imagenet
   config = imagenet_configs.get_config('job=prune,arch=resnet18,classes=3,'
@@ -114,7 +116,7 @@ def test_prune_recipe_over_class_draws(imagenet, tmp_path):
   config.heatmaps = 2
   summary = draws.repeat(prune.prune, config, tmp_path, stem='results')
   assert summary['draws'] == 2 and summary['split'] == 'validation'
-  drawn = [task_lib.draw_classes(1000, 3, s) for s in SEEDS]
+  drawn = [data.draw_classes(1000, 3, s) for s in SEEDS]
   assert summary['classes'] == drawn and drawn[0] != drawn[1]
   for k in range(2):  # each draw is a whole run in its own folder
     run = json.loads((tmp_path / f'draw_{k}' / 'results.json').read_text())
@@ -130,6 +132,7 @@ def test_prune_recipe_over_class_draws(imagenet, tmp_path):
   assert again == summary
 
 
+@pytest.mark.slow
 def test_search_recipe_validates_on_a_train_holdout(imagenet, tmp_path):
   data_dir, ckpt = imagenet
   config = imagenet_configs.get_config('job=search,arch=resnet18,classes=3,'
@@ -142,7 +145,7 @@ def test_search_recipe_validates_on_a_train_holdout(imagenet, tmp_path):
                n_trials=2)
   comparison = json.loads((tmp_path / 'comparison.json').read_text())
   assert comparison['split'] == 'validation'
-  assert comparison['classes'] == task_lib.draw_classes(1000, 3, 0)
+  assert comparison['classes'] == data.draw_classes(1000, 3, 0)
   # The holdout the trials are scored on: 2 per class, none a reference.
   task = task_lib.Task.from_config(config)
   holdout = task.source('train')

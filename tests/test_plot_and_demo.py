@@ -48,6 +48,7 @@ def test_heatmaps_png_shows_every_image(tmp_path):
     plot.heatmaps(images, relevance[:2], tmp_path / 'bad.png')
 
 
+@pytest.mark.slow
 def test_main_job_evaluates_shipped_checkpoints(tmp_path, digits_dir):
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.evaluate', f'--workdir={tmp_path}',

@@ -30,12 +30,13 @@ from pxp_jax.prune import criteria
 MIN_SPEARMAN = 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name, units', [
     ('resnet_digits', 'filters'), ('vit_digits', 'neurons'),
     ('vit_digits', 'heads')])
 def test_bfloat16_scores_rank_units_as_float32(digits_dir, model_name, units):
-  task = Task(model_name, data_dir=digits_dir, units_type=units,
-              precision='bfloat16', remat=True)
+  task = Task.load(model_name, data_dir=digits_dir, units_type=units,
+                   precision='bfloat16', remat=True)
   composite, _ = task.composite()
   lrp = task.criterion('lrp', composite=composite)
   assert (lrp.precision, lrp.remat) == ('bfloat16', True)
@@ -59,7 +60,7 @@ def test_bfloat16_scores_rank_units_as_float32(digits_dir, model_name, units):
 
 
 def test_gradient_criteria_stay_float32(digits_dir):
-  task = Task('resnet_digits', data_dir=digits_dir, precision='bfloat16')
+  task = Task.load('resnet_digits', data_dir=digits_dir, precision='bfloat16')
   assert not hasattr(task.criterion('gradient'), 'precision')
 
 
@@ -124,6 +125,7 @@ FLOAT32_REMAT_TOLERANCE = {'resnet_tiny': 1e-6, 'vgg_tiny': 1e-6,
                            'vit_tiny': 1e-5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, overrides', [
     ('resnet_tiny', {}), ('resnet_tiny', {'block': resnet.Bottleneck}),
     ('vgg_tiny', {}), ('vit_tiny', {})])
@@ -142,6 +144,7 @@ def test_remat_gives_the_same_relevance(name, overrides):
                       masks=masks) <= tolerance
 
 
+@pytest.mark.slow
 def test_remat_vit_is_the_same_maths(x64):
   del x64
   model, variables, x = _random_model('vit_tiny', jnp.float64)

@@ -9,6 +9,8 @@ from experiments.configs import prune as prune_configs
 from pxp_jax.jobs import prune, task as task_lib
 from pxp_jax.prune import criteria
 
+pytestmark = pytest.mark.slow  # each test runs the job
+
 
 def _config(digits_dir, **changes):
   config = prune_configs.get_config('model=resnet_digits,runlocal')
@@ -77,8 +79,8 @@ def test_searched_sample_count_and_few_class_options(digits_dir, tmp_path,
   assert '2 reference samples' in capsys.readouterr().out  # 1 per class
   assert results['unpruned_accuracy'] >= 0.9
   # The reference's few-class task: the other classes' head rows are zero.
-  task = task_lib.Task('resnet_digits', data_dir=digits_dir, classes=(1, 7),
-                       other_classes='zeroed')
+  task = task_lib.Task.load('resnet_digits', data_dir=digits_dir,
+                            classes=(1, 7), other_classes='zeroed')
   kernel = np.asarray(task.variables['params']['fc']['kernel'])
   bias = np.asarray(task.variables['params']['fc']['bias'])
   assert np.all(kernel[:, [0, 2, 3, 4, 5, 6, 8, 9]] == 0)

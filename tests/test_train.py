@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import train as train_configs
-from pxp_jax import checkpoints, data, evaluate
+from pxp_jax import checkpoints, data, prune
 from pxp_jax.jobs import train
 
 
@@ -64,7 +64,7 @@ def test_shipped_checkpoint_keeps_its_test_accuracy(name, floor, digits_dir):
   model, variables = checkpoints.load(name)
   recipe = checkpoints.recipe(name)
   source = data.load(recipe['dataset'], 'test', data_dir=digits_dir)
-  accuracy = evaluate.accuracy(
+  accuracy = prune.accuracy(
       model, variables,
       data.batches(source, data.Preprocess(**recipe['preprocess']), 256))
   assert accuracy >= floor

@@ -3,6 +3,8 @@
   source = load('digits', 'train')              # or image_folder(root, 'train')
   for batch in batches(source, DIGITS, 128): ...
   images, labels = reference_batch(source, DIGITS, n_per_class=10)
+  task = FewClass.drawn(num_classes=10, count=3, seed=0)   # tasks.py
+  refs = Draw(n_per_class=10, seed=0).references(source, task.classes)
 
 Importing registers the `digits` TFDS builder; nothing touches the disk until
 a source is opened.
@@ -23,9 +25,14 @@ from pxp_jax.data.preprocess import preprocess
 from pxp_jax.data.sources import DatasetNotFoundError
 from pxp_jax.data.sources import image_folder
 from pxp_jax.data.sources import load
+from pxp_jax.data.tasks import OTHER_CLASSES
+from pxp_jax.data.tasks import Draw
+from pxp_jax.data.tasks import FewClass
+from pxp_jax.data.tasks import draw_classes
 
 __all__ = [
-    'DIGITS', 'DatasetNotFoundError', 'IMAGENET', 'Images', 'Preprocess',
-    'Subset', 'as_arrays', 'batches', 'labels_of', 'digits', 'image_folder', 'load', 'preprocess',
-    'reference_batch', 'reference_samples',
+    'DIGITS', 'DatasetNotFoundError', 'Draw', 'FewClass', 'IMAGENET',
+    'Images', 'OTHER_CLASSES', 'Preprocess', 'Subset', 'as_arrays', 'batches',
+    'digits', 'draw_classes', 'image_folder', 'labels_of', 'load',
+    'preprocess', 'reference_batch', 'reference_samples',
 ]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from pxp_jax import attribute, checkpoints, data, evaluate, plot
+from pxp_jax import attribute, checkpoints, data, plot, prune
 from pxp_jax.experiments import cli
 from pxp_jax.jobs import task as task_lib
 
@@ -44,14 +44,14 @@ def main(argv):
   rows = []
   for name in names:
     start = time.time()
-    task = task_lib.Task(name, data_dir=_DATA_DIR.value or '',
-                         eval_batch_size=256)
+    task = task_lib.Task.load(name, data_dir=_DATA_DIR.value or '',
+                              eval_batch_size=256)
     row = dict(checkpoint=str(name), model=task.recipe['model'],
                params=sum(x.size for x in
                           jax.tree.leaves(task.variables['params'])))
     for split in _SPLITS.value:
-      row[split] = evaluate.accuracy(task.model, task.variables,
-                                     task.batches(split))
+      row[split] = prune.accuracy(task.model, task.variables,
+                                  task.batches(split))
     if _WORKDIR.value and _HEATMAPS.value:
       row['heatmaps'] = _heatmaps(name, task)
     row['seconds'] = round(time.time() - start, 1)

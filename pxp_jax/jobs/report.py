@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pxp_jax import distribute, plot
-from pxp_jax.prune import metrics, ranking
+from pxp_jax.prune import evaluation, metrics
 
 REPORTED_RATES = (0.3, 0.5, 0.7)
 
@@ -19,7 +19,8 @@ REPORTED_RATES = (0.3, 0.5, 0.7)
 def evaluate(task, scores: Mapping[str, Sequence[Mapping]], rates, split: str,
              *, per_layer: bool = False, keep_one: bool = False,
              cached: bool = False) -> tuple[dict, dict]:
-  """Prunes by every criterion at every rate and evaluates on ``split``.
+  """``prune.evaluate`` of a task's model on ``split``, as the results a job
+  writes.
 
   Args:
     task: the ``Task``.
@@ -31,36 +32,16 @@ def evaluate(task, scores: Mapping[str, Sequence[Mapping]], rates, split: str,
     cached: hold the split in memory (a search evaluates it every trial).
 
   Returns:
-    ``(results, masks)``: ``{'unpruned_accuracy', 'split', 'criteria':
-    {name: summary}}`` and ``{name: [masks per seed]}``. A criterion with
-    several seeds is summarised by its mean curve, with the standard error
-    of the mean over seeds (``a_pr_sem``, ``auc_sem``, ``accuracy_sem`` per
-    rate, as the PXP paper reports random pruning) and
-    ``accuracy_per_seed``.
+    ``(results, masks)``: ``{'unpruned_accuracy', 'split', 'classes',
+    'criteria': {name: Evaluation.summary}}`` and ``{name: [masks per
+    seed]}``.
   """
-  rates = list(rates)
-  masks = {name: [ranking.masks(s, rates, per_layer=per_layer,
-                                  keep_one=keep_one) for s in runs]
-           for name, runs in scores.items()}
-  flat = {f'{name}#{i}': m for name, runs in masks.items()
-          for i, m in enumerate(runs)}
-  if rates[0] != 0:  # the unpruned model is not among the rows: add it
-    some = next(iter(flat.values()))
-    flat['unpruned'] = {k: np.ones_like(v[:1]) for k, v in some.items()}
-  accuracy = task.accuracy(flat, split, cached=cached)
-  curves = {name: np.stack([accuracy[f'{name}#{i}'] for i in range(len(runs))])
-            for name, runs in masks.items()}
-  unpruned = float(accuracy['unpruned'][0] if 'unpruned' in accuracy
-                   else next(iter(curves.values()))[0, 0])
-  results = {'unpruned_accuracy': unpruned, 'split': split,
-             'classes': task.classes, 'criteria': {}}
-  for name, runs in curves.items():
-    summary = metrics.summarize(rates, runs.mean(0), unpruned)
-    if len(runs) > 1:
-      summary.update(metrics.standard_errors(rates, runs))
-      summary['accuracy_per_seed'] = runs.tolist()
-    results['criteria'][name] = summary
-  return results, masks
+  result = evaluation.evaluate(
+      task.model, task.variables, scores=scores, rates=rates,
+      per_layer=per_layer, keep_one=keep_one,
+      **task.evaluation_options(split, cached=cached))
+  return {'unpruned_accuracy': result.unpruned, 'split': split,
+          'classes': task.classes, 'criteria': result.summaries()}, result.masks
 
 
 def over_draws(runs: Sequence[Mapping]) -> dict:

@@ -22,7 +22,7 @@ import ml_collections
 import optax
 import orbax.checkpoint as ocp
 
-from pxp_jax import checkpoints, data, distribute, evaluate, models
+from pxp_jax import checkpoints, data, distribute, models, prune
 from pxp_jax.jobs import logs, validate
 from pxp_jax.jobs import workdir as workdir_lib
 from pxp_jax.prune import training
@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   def accuracy_on(variables, source):
     """Top-1 accuracy on ``source``, its batches split over the mesh."""
-    return evaluate.accuracy(
+    return prune.accuracy(
         model, variables,
         data.batches(distribute.process_part(source), preprocess, local_eval),
         mesh=mesh, n_batches=distribute.batch_count(len(source), local_eval),

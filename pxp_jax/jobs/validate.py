@@ -1,66 +1,85 @@
-"""A job's config checked once, when the job starts: before any data is read
-or any program compiled.
+"""A job's config checked when the job starts, before any data is read or
+any program compiled.
 
-Every error is a ``ValueError`` that names the field as it is written on the
-command line (``--config.FIELD``), its value and what to write instead. The
-checks are grouped as the configs' fields are (``experiments/configs``):
-
-- ``pruning``: the fields every pruning job shares (the model's task, the
-  reference samples, units, rates, batches, mesh and precision; and the
-  faithfulness fields where the config has them), for the prune job, the
-  iterative job and the search;
-- ``prune``, ``iterative``, ``train``: one job's whole config.
-
-Checks that need the data or the model (classes the model has, examples per
-class) are made where those are read (``pxp_jax.jobs.task``).
+A job first builds the objects its config describes (``pruning``: the
+few-class task, the draws, the rates; the job's own fields); each checks its
+arguments (``pxp_jax.checks.ArgumentError``) and ``as_config`` words the
+error as the config field, ``--config.FIELD=value``, its value and the fix.
+What stays here is what no object owns: the fields that only the configs
+have (counts, choices, the training's numbers) and the checks across
+fields. Checks that need the model or the data (classes the model has,
+examples per class) are made by the same objects when ``jobs.task`` builds
+them with the model and reads the data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import pathlib
 from collections.abc import Callable, Sequence
 
-from pxp_jax import distribute
-from pxp_jax.lrp import faithfulness
+from pxp_jax import checks, data, distribute
+from pxp_jax.checks import show as _show
+from pxp_jax.jobs import analyses
+from pxp_jax.lrp import attribution, composites, faithfulness
 from pxp_jax.models import structure
-from pxp_jax.jobs import analyses, task as task_lib
-from pxp_jax.lrp import attribution, composites
 from pxp_jax.prune import criteria as criteria_lib
+from pxp_jax.prune import ranking
 
 OPTIMIZERS = ('sgd', 'adamw')
 # The iterative job's criteria: integrated gradients is one-shot only.
 ITERATIVE_CRITERIA = ('lrp', 'weight', 'gradient', 'taylor', 'random')
 
 
+@contextlib.contextmanager
+def as_config(field: str | None = None, value=None, **renamed: str):
+  """Errors of the objects built inside, worded as the config's.
+
+  An ``ArgumentError`` names each argument ``a`` as ``--config.FIELD``,
+  the field being ``renamed.get(a, a)``; with ``field``, any other
+  ``ValueError`` is prefixed ``--config.FIELD=value: `` (a split name the
+  data do not have).
+  """
+  try:
+    yield
+  except checks.ArgumentError as error:
+    raise ValueError(error.worded(
+        lambda name: f'--config.{renamed.get(name, name)}')) from None
+  except ValueError as error:
+    if field is None:
+      raise
+    raise ValueError(f'--config.{field}={value!r}: {error}') from None
+
+
 def pruning(config) -> None:
   """The fields of ``options.pruning_fields`` (rates, random seeds and draws
   where the config has them), of ``options.scale_fields`` and of
-  ``options.faithfulness_fields`` where present. The search can call this
-  on its config: fields a config lacks are skipped."""
+  ``options.faithfulness_fields`` where present: the task's objects built
+  without the model. The search can call this on its config: fields a
+  config lacks are skipped."""
   _name(config, 'model')
   for field in ('reference_split', 'eval_split'):
     if field in config:
       _name(config, field)
-  _classes(config)
-  _count(config, 'n_per_class', 1, 'reference samples per class')
-  _count(config, 'holdout_per_class', 0,
-         'evaluation examples per class on the reference split, 0 = all')
-  _count(config, 'seed', 0, 'the seed of classes and reference samples')
-  _choice(config, 'other_classes', task_lib.OTHER_CLASSES)
-  if config.units:
-    _choice(config, 'units', structure.UNIT_TYPES, empty='the family\'s')
+  with as_config():
+    data.FewClass(tuple(config.classes), other_classes=config.other_classes)
+    data.Draw(config.n_per_class, config.seed,
+              config.get('holdout_per_class', 0))
+    if 'rates' in config:
+      ranking.check_rates(config.rates)
+    if config.units:
+      checks.choice('units', config.units, structure.UNIT_TYPES,
+                    empty='the family\'s')
+    if 'precision' in config:
+      checks.choice('precision', config.precision, attribution.PRECISIONS)
+  _count(config, 'class_draw', 0, 'classes drawn at random, 0 = off')
+  one_class_choice(config.classes, config.get('class_draw', 0))
   _count(config, 'batch_size', 1, 'reference samples per relevance pass')
   _count(config, 'eval_batch_size', 1, 'images per evaluation batch')
-  if 'rates' in config:
-    rates(config.rates)
-  if 'random_seeds' in config:
-    _count(config, 'random_seeds', 1, 'seeds of the random baseline')
-  if 'draws' in config:
-    _count(config, 'draws', 1, 'repeats with seeds seed, seed + 1, ...')
-  if 'precision' in config:
-    _choice(config, 'precision', attribution.PRECISIONS)
+  _count(config, 'random_seeds', 1, 'seeds of the random baseline')
+  _count(config, 'draws', 1, 'repeats with seeds seed, seed + 1, ...')
   if 'mesh' in config:
     _mesh(config.mesh)
   if 'faithfulness' in config:
@@ -157,60 +176,42 @@ def for_job(job: Callable) -> Callable:
 
 
 def rates(values, field: str = 'rates') -> list[float]:
-  """Pruning rates as floats: a non-empty, strictly increasing sequence in
-  [0, 1) (rate 0 is the unpruned model; without it the job measures the
-  unpruned model apart)."""
-  shown = f'--config.{field}={_show(values)}'
-  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-    raise ValueError(f'{shown} must be a sequence of rates, e.g. '
-                     "'(0.0, 0.2, 0.4)'")
-  if not values:
-    raise ValueError(f'{shown} names no rate; give increasing rates in '
-                     "[0, 1), e.g. '(0.0, 0.05, 0.1)'")
-  out = []
-  for value in values:
-    if not _is_real(value) or not 0 <= value < 1:
-      raise ValueError(f'{shown}: {value!r} is not a pruning rate; each rate '
-                       'is a share of the units in [0, 1)')
-    out.append(float(value))
-  if any(b <= a for a, b in zip(out, out[1:])):
-    fixed = tuple(sorted(set(out)))
-    raise ValueError(f'{shown}: rates must be increasing, each rate once; '
-                     f'write {_show(fixed)}')
-  return out
+  """Pruning rates as floats (``ranking.check_rates``), an error naming
+  ``--config.FIELD``."""
+  with as_config(rates=field):
+    return ranking.check_rates(values)
+
+
+def one_class_choice(classes, class_draw) -> None:
+  """``classes`` or ``class_draw`` (>= 2) choose the few-class task, not
+  both."""
+  if not class_draw:
+    return
+  if class_draw < 2:
+    raise ValueError(f'--config.class_draw={class_draw} must be >= 2 '
+                     '(with one class every pruned model is 100% accurate), '
+                     'or 0 for no draw')
+  if tuple(classes):
+    raise ValueError(f'--config.classes={_show(tuple(classes))} and '
+                     f'--config.class_draw={class_draw} both choose the '
+                     'classes; give one of them')
 
 
 # Helpers ----------------------------------------------------------------------
 
 
-def _show(value) -> str:
-  """A value as it is written on the command line."""
-  if isinstance(value, (list, tuple)):
-    inner = ', '.join(_show(v) for v in value)
-    return f'({inner},)' if len(value) == 1 else f'({inner})'
-  return repr(value)
-
-
-def _is_real(value) -> bool:
-  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(value))
-
-
 def _count(config, field: str, low: int, meaning: str) -> None:
-  """An integer ``>= low`` (booleans are not counts)."""
-  if field not in config:
-    return
-  value = config[field]
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < low):
-    raise ValueError(f'--config.{field}={value!r} must be an integer >= '
-                     f'{low} ({meaning})')
+  """An integer ``>= low`` where the config has the field."""
+  if field in config:
+    with as_config():
+      checks.count(field, config[field], low, meaning)
 
 
 def _finite(config, field: str, low: float, high: float, span: str, *,
             upper_open: bool = False, lower_open: bool = False) -> None:
   value = config[field]
-  inside = (_is_real(value) and (value > low if lower_open else value >= low)
+  inside = (checks.is_real(value)
+            and (value > low if lower_open else value >= low)
             and (value < high if upper_open else value <= high))
   if not inside:
     raise ValueError(f'--config.{field}={value!r} must be a finite number '
@@ -227,48 +228,15 @@ def _fraction(config, field: str) -> None:
           lower_open=True, upper_open=True)
 
 
-def _choice(config, field: str, choices: Sequence[str],
-            empty: str | None = None) -> None:
-  value = config[field]
-  if value not in choices:
-    also = f", or '' for {empty} default" if empty else ''
-    raise ValueError(f'--config.{field}={value!r}: {field} must be one of '
-                     f'{", ".join(choices)}{also}')
+def _choice(config, field: str, choices: Sequence[str]) -> None:
+  with as_config():
+    checks.choice(field, config[field], choices)
 
 
 def _name(config, field: str) -> None:
   value = config[field]
   if not isinstance(value, str) or not value:
     raise ValueError(f'--config.{field}={value!r} must be a non-empty name')
-
-
-def _classes(config) -> None:
-  """The few-class task: ``classes`` (two or more different, non-negative;
-  their range is checked against the model in ``jobs.task``) or
-  ``class_draw`` (>= 2), not both."""
-  classes = tuple(config.classes)
-  shown = f'--config.classes={_show(classes)}'
-  bad = [c for c in classes
-         if not isinstance(c, numbers.Integral) or isinstance(c, bool)
-         or c < 0]
-  if bad:
-    raise ValueError(f'{shown}: {bad} are not class indices (integers >= 0)')
-  if classes and len(set(classes)) < 2:
-    raise ValueError(f'{shown} must name at least two different classes: '
-                     'with one class every pruned model is 100% accurate')
-  if len(set(classes)) != len(classes):
-    raise ValueError(f'{shown} names a class twice; write '
-                     f'{_show(tuple(sorted(set(classes))))}')
-  _count(config, 'class_draw', 0, 'classes drawn at random, 0 = off')
-  if 'class_draw' not in config or not config.class_draw:
-    return
-  if config.class_draw < 2:
-    raise ValueError(f'--config.class_draw={config.class_draw} must be >= 2 '
-                     '(with one class every pruned model is 100% accurate), '
-                     'or 0 for no draw')
-  if classes:
-    raise ValueError(f'{shown} and --config.class_draw={config.class_draw} '
-                     'both choose the classes; give one of them')
 
 
 def _composite(config) -> None:
@@ -315,8 +283,8 @@ def _fine_tuning(config) -> None:
 
 def _one_of_rates(config, field: str) -> None:
   value = config[field]
-  if not _is_real(value) or float(value) not in [float(r)
-                                                 for r in config.rates]:
+  if not checks.is_real(value) or float(value) not in [
+      float(r) for r in config.rates]:
     raise ValueError(f'--config.{field}={value!r}: {field} {value} is not '
                      f'one of --config.rates={_show(tuple(config.rates))}; '
                      'choose one of them')
@@ -343,16 +311,11 @@ def _faithfulness(config) -> None:
   if not config.faithfulness:
     return
   options = config.perturbation
-  if (not isinstance(options.patch_size, numbers.Integral)
-      or options.patch_size < 1):
-    raise ValueError(f'--config.perturbation.patch_size={options.patch_size!r}'
-                     ' must be an integer >= 1 (pixels of a square patch)')
-  if not isinstance(options.steps, numbers.Integral) or options.steps < 0:
-    raise ValueError(f'--config.perturbation.steps={options.steps!r} must be '
-                     'an integer >= 0 (curve points, 0 = one patch per step)')
-  if options.order not in faithfulness.ORDERS:
-    raise ValueError(f'--config.perturbation.order={options.order!r} is not '
-                     f'one of {", ".join(faithfulness.ORDERS)}')
-  if options.baseline not in analyses.BASELINES:
-    raise ValueError(f'--config.perturbation.baseline={options.baseline!r} '
-                     f'is not one of {", ".join(analyses.BASELINES)}')
+  with as_config():
+    checks.count('perturbation.patch_size', options.patch_size, 1,
+                 'pixels of a square patch')
+    checks.count('perturbation.steps', options.steps, 0,
+                 'curve points, 0 = one patch per step')
+    checks.choice('perturbation.order', options.order, faithfulness.ORDERS)
+    checks.choice('perturbation.baseline', options.baseline,
+                  analyses.BASELINES)

@@ -2,6 +2,7 @@
 
   criteria.py   unit scores by LRP and the baselines (objects with options)
   ranking.py    scores -> nested masks over pruning rates
+  evaluation.py accuracy (masks accepted) and scores evaluated at rates
   sweep.py      masked_apply and one compiled program per sweep
   metrics.py    A_PR, AUC, Top-PR
   training.py   the one training step and masked optimiser
@@ -14,14 +15,17 @@ Pure functions over pytrees: scores and masks are dicts from a unit key
 """
 
 from pxp_jax.prune import criteria, slim, training
+from pxp_jax.prune.evaluation import (Evaluation, accuracies, accuracy,
+                                      evaluate, zero_other_classes)
 from pxp_jax.prune.finetune import fine_tune, iterative
-from pxp_jax.prune.ranking import DEFAULT_RATES, masks, normalize
+from pxp_jax.prune.ranking import DEFAULT_RATES, check_rates, masks, normalize
 from pxp_jax.prune.masking import (apply_masks, masked, param_masks,
                                    update_masks)
 from pxp_jax.prune.metrics import stack, summarize
 from pxp_jax.prune.sweep import masked_apply, sweep_accuracy, sweep_correct
 
-__all__ = ['DEFAULT_RATES', 'apply_masks', 'criteria', 'fine_tune',
-           'iterative', 'masked', 'masked_apply', 'masks', 'normalize', 'slim',
-           'param_masks', 'stack', 'summarize', 'sweep_accuracy',
-           'sweep_correct', 'training', 'update_masks']
+__all__ = ['DEFAULT_RATES', 'Evaluation', 'accuracies', 'accuracy',
+           'apply_masks', 'check_rates', 'criteria', 'evaluate', 'fine_tune',
+           'iterative', 'masked', 'masked_apply', 'masks', 'normalize', 'param_masks',
+           'slim', 'stack', 'summarize', 'sweep_accuracy', 'sweep_correct',
+           'training', 'update_masks', 'zero_other_classes']

@@ -15,7 +15,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pxp_jax.checks import ArgumentError, is_real, show
+
 DEFAULT_RATES = tuple(np.round(np.arange(0, 0.96, 0.05), 2).tolist())
+
+
+def check_rates(rates, name: str = 'rates') -> list[float]:
+  """``rates`` as floats: a non-empty, strictly increasing sequence in
+  [0, 1) (rate 0 is the unpruned model), or an ``ArgumentError``."""
+  if isinstance(rates, (str, bytes, Mapping)) or np.ndim(rates) != 1:
+    raise ArgumentError(name, rates, ' must be a sequence of rates, e.g. '
+                        "'(0.0, 0.2, 0.4)'")
+  values = list(rates)
+  if not values:
+    raise ArgumentError(name, values, ' names no rate; give increasing rates '
+                        "in [0, 1), e.g. '(0.0, 0.05, 0.1)'")
+  for value in values:
+    if not is_real(value) or not 0 <= value < 1:
+      raise ArgumentError(name, values, f': {show(value)} is not a pruning '
+                          'rate; rates must be increasing and lie in [0, 1) '
+                          '(a share of the units each)')
+  out = [float(v) for v in values]
+  if any(b <= a for a, b in zip(out, out[1:])):
+    raise ArgumentError(name, values, ': rates must be increasing and lie in '
+                        '[0, 1), each rate once; write '
+                        f'{show(tuple(sorted(set(out))))}')
+  return out
 
 
 def normalize(scores: Mapping[str, jax.Array], order: int) -> dict:
@@ -41,11 +66,7 @@ def masks(scores: Mapping[str, jax.Array], rates: Sequence[float], *,
     unit key -> (len(rates), units) float32 masks, 0 = pruned. The pruned sets
     are nested: a unit pruned at a rate stays pruned at every higher rate.
   """
-  rates = np.asarray(rates, np.float64)
-  if (rates.ndim != 1 or not rates.size or np.any(rates < 0)
-      or np.any(rates >= 1) or np.any(np.diff(rates) <= 0)):
-    raise ValueError(f'rates must be increasing and lie in [0, 1), e.g. '
-                     f'(0.0, 0.05, ..., 0.95); got {rates.tolist()}')
+  rates = np.asarray(check_rates(rates), np.float64)
   keys = list(scores)
   if not keys or not sum(np.size(scores[k]) for k in keys):
     raise ValueError('scores name no unit; pass unit key -> (units,) scores '
