@@ -17,7 +17,6 @@ from experiments.configs import iterative as iterative_configs
 from pxp_jax import checkpoints, data
 from pxp_jax.models import structure
 from pxp_jax.jobs import iterative
-from pxp_jax.models import structure
 from pxp_jax.prune import masking, sweep
 
 
