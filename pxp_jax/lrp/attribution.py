@@ -147,6 +147,7 @@ def attribute(model, variables, inputs, targets,
   if not isinstance(composite, Composite):
     raise TypeError(f'composite must be a pxp_jax.composites.Composite, got '
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
+  composite = composite.with_family_rules(spec_lib.spec_for(model))
   _check_bounds(composite, inputs.shape[-1])
   try:
     if masks is not None:
@@ -358,6 +359,7 @@ def residual_bytes(model, variables, inputs, composite, *,
   (GPU, TPU); XLA on CPU does not (``benchmarks/README.md``)."""
   check_precision(precision, allow_none=True)
   sizes = []
+  composite = composite.with_family_rules(spec_lib.spec_for(model))
 
   def measure(variables, inputs):
     forward, args, *_ = _relevance_forward(
