@@ -77,7 +77,7 @@ def tiny():
   return torch_model, model, variables, x
 
 
-# The family and its registry ----------------------------------------------------
+# The family and its registry --------------------------------------------------
 
 
 def test_the_family_registers_itself():
@@ -140,7 +140,7 @@ def test_units_and_layer_groups():
   assert len(cut['low']) == -(-len(linear) // 2)  # i / n < 0.5
 
 
-# timm: forward, loading, export ----------------------------------------------------
+# timm: forward, loading, export -----------------------------------------------
 
 
 @pytest.mark.parametrize('name', [
@@ -156,7 +156,8 @@ def test_logits_equal_timms(name, x64):
     expected = torch_model(_nchw(x)).numpy()
   logits = np.asarray(model.apply(variables, x))
   error = float(np.abs(logits - expected).max())
-  print(f'\n{name}: max |logit diff| {error:.1e} of {np.abs(expected).max():.2f}')
+  print(f'\n{name}: max |logit diff| {error:.1e} of '
+        f'{np.abs(expected).max():.2f}')
   assert error <= 1e-10 * np.abs(expected).max()
 
 
@@ -208,7 +209,7 @@ def test_export_round_trip_through_timm(name, x64):
     convert.to_torchvision(model, variables)
 
 
-# Pruning: the spec's unit table, sweep, slim ----------------------------------------
+# Pruning: the spec's unit table, sweep, slim ----------------------------------
 
 
 def test_masks_follow_the_spec_table(tiny):
@@ -297,7 +298,25 @@ def test_slim_equals_the_masked_model(tiny, unit_type):
     assert all(small.reasons[k] for k in small.kept_masked)
 
 
-# Relevance against zennit on a torch twin ---------------------------------------------
+def test_a_slim_model_is_a_checkpoint(tiny, tmp_path):
+  """``checkpoints.save_model`` records the slim ConvNeXt by its registry
+  name and widths (``models.describe``); ``load`` rebuilds it."""
+  from pxp_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  _, model, variables, x = tiny
+  found = structure.trace(model, variables, x.shape)
+  masks = {k: (np.arange(u.size) % 3 != 0).astype(np.float32)
+           for k, u in found.units('neurons').items()}
+  small = prune.slim(model, variables, masks)
+  checkpoints.save_model(tmp_path / 'slim', small.model, small.variables,
+                         preprocess=dict(crop_size=32))
+  loaded, loaded_variables = checkpoints.load(tmp_path / 'slim')
+  assert loaded == small.model
+  np.testing.assert_allclose(loaded.apply(loaded_variables, x),
+                             small.model.apply(small.variables, x),
+                             rtol=1e-6, atol=1e-6)
+
+
+# Relevance against zennit on a torch twin -------------------------------------
 
 
 class _LayerNormIdentity(torch.nn.Module):
@@ -513,9 +532,10 @@ def test_relevance_matches_zennit_on_a_torch_twin(purpose, x64):
   unit_errors = {k: _relative(result.units[k], z_units[k]) for k in z_units}
   worst = max(unit_errors, key=unit_errors.get)
   entries = composite.with_family_rules(models.spec_for(model)).names
-  print(f'\nconvnext_tiny_test {purpose} ({entries}): max |logit diff| {logit_error:.1e} (twin '
-        f'{twin_error:.1e}); relative error: input {input_error:.1e}, worst '
-        f'of {len(unit_errors)} layers {unit_errors[worst]:.1e} ({worst})')
+  print(f'\nconvnext_tiny_test {purpose} ({entries}): max |logit diff| '
+        f'{logit_error:.1e} (twin {twin_error:.1e}); relative error: input '
+        f'{input_error:.1e}, worst of {len(unit_errors)} layers '
+        f'{unit_errors[worst]:.1e} ({worst})')
   assert logit_error <= 1e-10 and twin_error <= 1e-10
   assert input_error <= 1e-8
   bad = {k: f'{v:.1e}' for k, v in unit_errors.items() if v > 1e-8}
