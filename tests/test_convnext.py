@@ -144,7 +144,8 @@ def test_units_and_layer_groups():
 
 
 @pytest.mark.parametrize('name', [
-    'convnext_tiny_test', 'convnext_atto',
+    'convnext_tiny_test',
+    pytest.param('convnext_atto', marks=pytest.mark.slow),
     pytest.param('convnext_tiny', marks=pytest.mark.slow)])
 def test_logits_equal_timms(name, x64):
   del x64
@@ -181,7 +182,9 @@ def test_loading_is_loud(tiny):
     convert.from_timm('convnext_huge_unknown', state)
 
 
-@pytest.mark.parametrize('name', ['convnext_tiny_test', 'convnext_atto'])
+@pytest.mark.parametrize('name', [
+    'convnext_tiny_test',
+    pytest.param('convnext_atto', marks=pytest.mark.slow)])
 def test_export_round_trip_through_timm(name, x64):
   """A pruned model (pruned parameters zeroed, masks from the weight
   criterion) exported with ``to_timm`` loads into timm strictly and gives
