@@ -16,17 +16,19 @@ A checkpoint is a mapping of names to numpy or torch arrays, or a file:
 
 Modules: ``reading`` (files and wrappers -> flat numpy dict), ``assemble``
 (the shared plan mechanism and its error), ``torchvision_timm`` and
-``big_vision`` (one family's plan and loaders each), ``export`` (ResNet and
-VGG variables, slim ones too, back to torchvision state dicts:
-``to_torchvision``, ``save_torchvision``).
+``big_vision`` (one family's plan and loaders each), ``export`` (variables,
+slim ones too, back to the torch state dicts their family spec exports to:
+``to_torchvision`` for ResNets and VGGs, ``to_timm`` for ConvNeXts,
+``save_torchvision``).
 """
 
 from pxp_jax.convert.assemble import CheckpointMismatchError
 from pxp_jax.convert.big_vision import from_big_vision, to_big_vision
-from pxp_jax.convert.export import save_torchvision, to_torchvision
+from pxp_jax.convert.export import (save_torchvision, to_timm, to_torch,
+                                    to_torchvision)
 from pxp_jax.convert.reading import read_checkpoint
 from pxp_jax.convert.torchvision_timm import from_timm, from_torchvision
 
 __all__ = ['CheckpointMismatchError', 'from_big_vision', 'from_timm',
            'from_torchvision', 'read_checkpoint', 'save_torchvision',
-           'to_big_vision', 'to_torchvision']
+           'to_big_vision', 'to_timm', 'to_torch', 'to_torchvision']

@@ -4,7 +4,8 @@ Our flax paths equal timm's module names (``layer1.0.conv1``,
 ``blocks.3.attn.qkv``), so a timm or torchvision ResNet/VGG checkpoint maps
 one to one after the layout change; torchvision's ViT names are mapped to
 timm's first. ViT sizes come from the constructor name's table, then the
-checkpoint's own shapes, then the caller's overrides.
+checkpoint's own shapes, then the caller's overrides; other timm families
+(ConvNeXt) are registered models whose spec reads timm's names.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pxp_jax import models
-from pxp_jax.convert.assemble import Plan, assemble
+from pxp_jax.convert.assemble import Plan, assemble, expected
 from pxp_jax.convert.reading import read_checkpoint
 from pxp_jax.models import spec as spec_lib, vit
 
@@ -27,21 +28,31 @@ _TORCH_LEAF = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
                ('batch_stats', 'var'): 'running_var'}
 
 
-def _torch_plan(rename: Callable[[str], str] = lambda name: name) -> Plan:
+def _torch_plan(rename: Callable[[str], str] = lambda name: name,
+                shapes=None) -> Plan:
   """Our paths equal torch module names (``layer1.0.conv1``, ``blocks.3.attn.
-  qkv``); ``rename`` maps such a timm-style name to another family's."""
+  qkv``); ``rename`` maps such a timm-style name to another family's.
+  Parameters other than kernels, biases and norms keep their name
+  (``cls_token``, a ConvNeXt block's layer scale ``gamma``). ``shapes``
+  (``assemble.expected``): a 1x1 conv weight read into a dense kernel
+  (timm's ConvNeXt MLPs as convs) is squeezed."""
 
   def plan(path):
     collection, *modules, leaf = path
-    name = ('.'.join([*modules, _TORCH_LEAF[collection, leaf]]) if modules
-            else leaf)  # cls_token, pos_embed
-    return (rename(name),), _torch_layout if leaf == 'kernel' else np.asarray
+    name = '.'.join([*modules, _TORCH_LEAF.get((collection, leaf), leaf)])
+    if leaf != 'kernel':
+      return (rename(name),), np.asarray
+    dense = shapes is not None and len(shapes[path].shape) == 2
+    return (rename(name),), lambda w: _torch_layout(w, dense)
   return plan
 
 
-def _torch_layout(w):
+def _torch_layout(w, dense: bool = False):
   """A torch conv ``(O, I, kh, kw)`` or linear ``(O, I)`` weight in flax's
-  ``(kh, kw, I, O)`` or ``(I, O)`` layout."""
+  ``(kh, kw, I, O)`` or ``(I, O)`` layout; ``dense``: into a dense kernel,
+  a 1x1 conv's ``(O, I, 1, 1)`` as a linear weight."""
+  if dense and w.ndim == 4 and w.shape[2:] == (1, 1):
+    w = w[:, :, 0, 0]
   return w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
 
 
@@ -161,17 +172,29 @@ def from_torchvision(name: str, state_dict, **overrides):
   return model, assemble(model, arrays, plan, _ignore_torch)
 
 
+def _timm_names() -> list[str]:
+  """Registered models whose family spec reads timm's names (ConvNeXts,
+  and ViTs by our names)."""
+  return [n for n in models.names()
+          if 'timm' in models.spec_for(models.create(n)).checkpoint_names]
+
+
 def from_timm(name: str, state_dict, **overrides):
-  """Converts a timm Vision Transformer checkpoint (timm's names are ours).
+  """Converts a timm Vision Transformer or ConvNeXt checkpoint (timm's names
+  are ours).
 
   Args:
     name: ``vit_{tiny,small,base,large,huge}_patch{P}_{S}``, optionally with
       a pretrained tag (``vit_base_patch16_224.augreg_in21k``), or ``'vit'``
       for any plain timm ViT (sizes read from the weights, ``num_heads``
-      given).
+      given); or a registered model whose family spec reads timm's names,
+      with or without a pretrained tag: ``convnext_atto``, ``convnext_tiny``
+      (``convnext_tiny.fb_in1k``), ``convnext_tiny_test``, ``vit_b16``.
     state_dict: ``model.state_dict()`` or a checkpoint file.
-    **overrides: ``image_size, patch_size, depth, num_heads, width, mlp_dim,
-      num_classes`` (the last read from ``head`` when unset).
+    **overrides: ViTs: ``image_size, patch_size, depth, num_heads, width,
+      mlp_dim, num_classes`` (the last read from ``head`` when unset);
+      others: any model attribute (``num_classes`` read from the
+      classifier when unset).
 
   Returns:
     ``(model, variables)`` with timm's logits.
@@ -180,6 +203,17 @@ def from_timm(name: str, state_dict, **overrides):
     CheckpointMismatchError: names missing, unexpected and misshapen arrays
       (e.g. a ``fc_norm`` of a global-pool ViT, which ours does not have).
   """
+  base = name.split('.')[0]
+  if base in _timm_names():
+    arrays = read_checkpoint(state_dict)
+    spec = models.spec_for(models.create(base))
+    rename = spec.checkpoint_names['timm']
+    head = rename(f'{spec.classifier}.weight')
+    if 'num_classes' not in overrides and head in arrays:
+      overrides = {**overrides, 'num_classes': arrays[head].shape[0]}
+    model = models.create(base, **overrides)
+    return model, assemble(model, arrays,
+                           _torch_plan(rename, expected(model)), _ignore_torch)
   if name == 'vit':
     sizes = {}
   elif m := _TIMM_NAME.match(name):
@@ -187,9 +221,10 @@ def from_timm(name: str, state_dict, **overrides):
     sizes = dict(width=width, depth=depth, num_heads=heads, mlp_dim=4 * width,
                  patch_size=int(m[2]), image_size=int(m[3]))
   else:
-    raise ValueError(f'unknown timm model {name!r}; expected "vit" or '
+    raise ValueError(f'unknown timm model {name!r}; expected "vit", '
                      'vit_{tiny,small,base,large,huge}_patch{P}_{S}, e.g. '
-                     'vit_base_patch16_224')
+                     'vit_base_patch16_224, or one of '
+                     f'{", ".join(_timm_names())}')
   arrays = read_checkpoint(state_dict)
   model = _vit_from_torch(arrays, sizes, overrides, lambda n: n)
   return model, assemble(model, arrays, _torch_plan(), _ignore_torch)

@@ -24,7 +24,7 @@ import numpy as np
 
 from pxp_jax import checkpoints, convert, distribute, plot
 from pxp_jax.prune import slim as slim_lib
-from pxp_jax.models import resnet, vgg
+from pxp_jax.models import spec as spec_lib
 
 EXPORT_CRITERION = 'lrp'
 TORCHVISION_FILE = 'torchvision.safetensors'
@@ -118,7 +118,8 @@ def export(task, masks: Mapping, rates, config, results: dict,
   ``workdir/pruned_<rate>`` (a checkpoint: ``checkpoints.load`` and
   ``experiments.evaluate`` read it; its model.json records the source
   checkpoint, the rate, the criterion and the accuracy), and for a ResNet
-  or VGG its torchvision state dict ``torchvision.safetensors``. A folder
+  or VGG (a family whose spec exports to torchvision) its torchvision state
+  dict ``torchvision.safetensors``. A folder
   already written by the same config is kept."""
   if not config.export_rate:
     return None
@@ -130,7 +131,7 @@ def export(task, masks: Mapping, rates, config, results: dict,
     return path
   small = slim_lib.slim(task.model, jax.device_get(task.variables),
                         _row(masks[EXPORT_CRITERION][0], r))
-  if (isinstance(small.model, (resnet.ResNet, vgg.VGG))
+  if ('torchvision' in spec_lib.spec_for(small.model).exports
       and distribute.is_primary()):  # before model.json, which marks it whole
     convert.save_torchvision(path / TORCHVISION_FILE, small.model,
                              small.variables)

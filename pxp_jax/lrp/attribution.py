@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pxp_jax.models import structure, taps
-from pxp_jax.lrp import linear_rules
+from pxp_jax.lrp import linear_rules, linear_vjp
 from pxp_jax.lrp.composite import Composite
 from pxp_jax.models import kinds, spec as spec_lib
 
@@ -147,6 +147,7 @@ def attribute(model, variables, inputs, targets,
   if not isinstance(composite, Composite):
     raise TypeError(f'composite must be a pxp_jax.composites.Composite, got '
                     f'{type(composite).__name__}; see pxp_jax.composites.get')
+  composite = composite.with_family_rules(spec_lib.spec_for(model))
   _check_bounds(composite, inputs.shape[-1])
   try:
     if masks is not None:
@@ -358,6 +359,7 @@ def residual_bytes(model, variables, inputs, composite, *,
   (GPU, TPU); XLA on CPU does not (``benchmarks/README.md``)."""
   check_precision(precision, allow_none=True)
   sizes = []
+  composite = composite.with_family_rules(spec_lib.spec_for(model))
 
   def measure(variables, inputs):
     forward, args, *_ = _relevance_forward(
@@ -522,9 +524,12 @@ class _Signs:
 
 @dataclasses.dataclass
 class _Context:
-  """What a rule may ask about its call (``LinearRule.apply``): ``signed``
-  (its input may be negative), ``takes_input(call)`` (its input is the
-  model input, whose relevance ``input_probe``'s cotangent carries)."""
+  """What a rule may ask about its call (``linear_vjp.apply_to_module``,
+  an op rule's ``apply``): ``signed`` (its input may be negative),
+  ``takes_input(call)`` (its input is the model input, whose relevance
+  ``input_probe``'s cotangent carries). A linear rule is run by
+  ``linear_vjp``, which reads ``linear_rules``' registry (and not the other
+  way round); every other rule by its own ``apply``."""
 
   plan: dict
   composite: Composite
@@ -550,7 +555,10 @@ class _Context:
           f'{linear_rules.definition(self.fixed_rule).name!r}, but its input '
           'is not the model input (preprocessing inside the model?); such a '
           'rule needs the raw input: give this layer another rule')
-    return self.composite.rules[entry].apply(call, proceed, self)
+    rule = self.composite.rules[entry]
+    if isinstance(rule, linear_rules.LinearRule):  # run by its VJP's module
+      return linear_vjp.apply_to_module(call, rule, self)
+    return rule.apply(call, proceed, self)
 
 
 def conservation(result: Attribution) -> Mapping[str, jax.Array]:

@@ -5,7 +5,9 @@ A composite is an ordered list of named entries ``(name, Select, rule)``
 in zennit. Selects are static; rules are pytrees whose hyperparameters are
 array leaves, so ``with_rule`` swaps a rule without recompiling. Every leaf
 operation of a model must be covered: a module left without a rule would
-silently fall back to the gradient, so ``plan`` refuses it.
+silently fall back to the gradient, so ``plan`` refuses it. A model
+family's spec may name the rules of kinds its presets leave open
+(``with_family_rules``).
 """
 
 from __future__ import annotations
@@ -156,6 +158,26 @@ class Composite:
       raise KeyError(f'no entry {name!r} in this composite; entries: '
                      f'{", ".join(self.names)}')
     return self.names.index(name)
+
+  def with_family_rules(self, spec: spec_lib.Spec) -> 'Composite':
+    """This composite with an entry ``'<family>:<kind>'`` after its own for
+    each operation kind whose rule the family's spec names (``Spec.rules``):
+    first match wins, so they rule only what the composite's entries leave
+    open (a ConvNeXt's LayerNorm, GELU and layer scale under a CNN preset).
+    ``attribute`` plans with it; a composite that covers them is unchanged
+    in effect."""
+    entries = [(f'{spec.name}:{kind.value}', Select((kind,)),
+                rules.from_json(dict(rule)))
+               for kind, rule in spec.rules.items()
+               if f'{spec.name}:{kind.value}' not in self.names]
+    if not entries:
+      return self
+    for name, _, rule in entries:
+      _check_rule(name, rule)
+    return self.replace(
+        rules=self.rules + tuple(r.as_arrays() for _, _, r in entries),
+        names=self.names + tuple(n for n, _, _ in entries),
+        selects=self.selects + tuple(s for _, s, _ in entries))
 
   def canonize(self, variables, found: structure.Structure):
     """The variables after every canoniser."""

@@ -127,14 +127,6 @@ class LinearRule:
       out[field] = value.tolist()
     return out
 
-  def apply(self, call, proceed, context):
-    """The layer's output, with this rule as its backward pass."""
-    del proceed
-    # imported here: the products live beside the VJP, which reads this
-    # module's registry
-    from pxp_jax.lrp import linear_vjp  # pylint: disable=g-import-not-at-top
-    return linear_vjp.apply_to_module(call, self, context)
-
   def as_arrays(self) -> 'LinearRule':
     return self
 

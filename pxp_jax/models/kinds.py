@@ -33,6 +33,7 @@ class Kind(enum.Enum):
   MAX_POOL = 'max_pool'
   AVG_POOL = 'avg_pool'
   RESHAPE = 'reshape'
+  SCALE = 'scale'  # x times a parameter vector: a layer scale
   ATTENTION = 'attention'
 
 
@@ -60,6 +61,7 @@ _TABLE: list[tuple[type, Kind]] = [
     (layers.AdaptiveAvgPool, Kind.AVG_POOL),
     (layers.GlobalAvgPool, Kind.AVG_POOL),
     (layers.Flatten, Kind.RESHAPE),
+    (layers.LayerScale, Kind.SCALE),
 ]
 
 

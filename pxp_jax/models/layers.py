@@ -71,6 +71,18 @@ class Sum(nn.Module):
     return out
 
 
+class LayerScale(nn.Module):
+  """``x * gamma``: a per-channel scale of the last axis by the parameter
+  vector ``gamma`` the caller holds (ConvNeXt's and CaiT's layer scale;
+  the block owns ``gamma``, as timm's ``stages.0.blocks.0.gamma``). A
+  linear map of ``x`` alone; in the gradient x input convention its plain
+  gradient passes relevance unchanged (``R_x = R_y``)."""
+
+  @nn.compact
+  def __call__(self, x, gamma):
+    return x * gamma
+
+
 class MaxPool(nn.Module):
   """Max pooling over NHWC inputs, padded with -inf as torch does."""
 

@@ -1,55 +1,28 @@
-"""Every model by name: ``create(name, num_classes=..., **overrides)``."""
+"""Every model by name: ``create(name, num_classes=..., **overrides)``.
+
+The names are the ``variants`` of the registered family specs
+(``pxp_jax.models.spec.register``, called by each family's module, which
+``pxp_jax.models`` imports by discovery)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import flax.linen as nn
 
-from pxp_jax.models import resnet, vgg, vit
+from pxp_jax.models import spec
 
-_R = resnet.ResNet
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    # torchvision ResNets
-    'resnet18': functools.partial(_R, stage_sizes=(2, 2, 2, 2),
-                                  block=resnet.BasicBlock),
-    'resnet34': functools.partial(_R, stage_sizes=(3, 4, 6, 3),
-                                  block=resnet.BasicBlock),
-    'resnet50': functools.partial(_R, stage_sizes=(3, 4, 6, 3),
-                                  block=resnet.Bottleneck),
-    # 32x32 inputs: 3x3 stem, no max-pool, a quarter of the width
-    'resnet18_small': functools.partial(_R, stage_sizes=(2, 2, 2, 2),
-                                        block=resnet.BasicBlock,
-                                        small_input=True, width=0.25),
-    'resnet_tiny': functools.partial(_R, stage_sizes=(1, 1, 1, 1),
-                                     block=resnet.BasicBlock,
-                                     small_input=True, width=0.125),
-    # torchvision VGGs
-    **{f'{name}{suffix}': functools.partial(vgg.VGG, config=cfg,
-                                            batch_norm=bool(suffix))
-       for name, cfg in vgg.CONFIGS.items() for suffix in ('', '_bn')},
-    'vgg_tiny': functools.partial(vgg.VGG, config=(8, 'M', 16, 'M', 16, 'M'),
-                                  batch_norm=True, hidden=32, pool_size=(2, 2)),
-    # ViTs (timm's vit_{tiny,small,base}_patch16_224)
-    'vit_ti16': functools.partial(vit.ViT, width=192, depth=12, num_heads=3,
-                                  mlp_dim=768),
-    'vit_s16': functools.partial(vit.ViT, width=384, depth=12, num_heads=6,
-                                 mlp_dim=1536),
-    'vit_b16': functools.partial(vit.ViT, width=768, depth=12, num_heads=12,
-                                 mlp_dim=3072),
-    # 32x32 inputs, 4x4 patches
-    'vit_small_input': functools.partial(vit.ViT, image_size=32, patch_size=4,
-                                         width=96, depth=6, num_heads=4,
-                                         mlp_dim=192),
-    'vit_tiny': functools.partial(vit.ViT, image_size=32, patch_size=8,
-                                  width=32, depth=2, num_heads=2, mlp_dim=64),
-}
+
+def _models() -> dict[str, Callable[..., nn.Module]]:
+  """Every registered name -> its factory: the ``variants`` of every
+  family's spec (each family module registers its own)."""
+  return {name: factory for s in spec.registered()
+          for name, factory in s.variants.items()}
 
 
 def names() -> list[str]:
   """The registered model names."""
-  return sorted(_MODELS)
+  return sorted(_models())
 
 
 def create(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
@@ -65,10 +38,11 @@ def create(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
     An unbound flax module; ``model.init(key, x)`` gives its variables and
     ``model.apply(variables, x)`` its logits for NHWC float images ``x``.
   """
-  if name not in _MODELS:
+  known = _models()
+  if name not in known:
     raise ValueError(f'unknown model {name!r}; known models: '
                      f'{", ".join(names())}')
-  factory = _MODELS[name]
+  factory = known[name]
   fields = set(factory.func.__dataclass_fields__) - {'parent', 'name'}
   unknown = set(overrides) - fields
   if unknown:
@@ -84,7 +58,7 @@ def describe(model: nn.Module) -> tuple[str, dict]:
   fields = [f for f in model.__dataclass_fields__
             if f not in ('parent', 'name', 'num_classes')]
   best = None
-  for name, factory in sorted(_MODELS.items()):
+  for name, factory in sorted(_models().items()):
     if factory.func is not type(model):
       continue
     default = factory(num_classes=model.num_classes)

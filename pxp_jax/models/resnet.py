@@ -10,6 +10,7 @@ images.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -272,7 +273,77 @@ def _layer_groups(found, boundaries) -> dict[str, list[str]]:
           'fc': [op.path for op in found.of_kind(Kind.DENSE)]}
 
 
+_STREAM = ('writes a residual stream whose channel other layers also write '
+           '(the stem or projection shortcut and the blocks\' last convs): '
+           'a channel goes only when every writer of it is pruned')
+
+
+def _slim(model: ResNet, edit) -> ResNet:
+  """``prune.slim`` of a ResNet (``edit``: ``prune.slim.Edit``): inner
+  convs lose their pruned filters; a stream channel goes when its every
+  writer is pruned, else the pruned writers stay with zero outputs.
+  Streams: the stem's (or a projection shortcut's) output and the blocks'
+  sums after it up to the next projection."""
+  names = ('conv1', 'conv2') if model.block.expansion == 1 else (
+      'conv1', 'conv2', 'conv3')
+  streams = [{'writers': ['conv1'], 'readers': []}]
+  inner = []  # (conv, the conv before it in its block)
+  for i, blocks in enumerate(model.stage_sizes):
+    for j in range(blocks):
+      prefix = f'layer{i + 1}.{j}.'
+      streams[-1]['readers'].append(prefix + names[0])
+      shortcut = prefix + 'downsample.0'
+      if shortcut in edit.units:
+        streams[-1]['readers'].append(shortcut)
+        streams.append({'writers': [shortcut], 'readers': []})
+      streams[-1]['writers'].append(prefix + names[-1])
+      inner += [(prefix + b, prefix + a) for a, b in zip(names, names[1:])]
+  streams[-1]['readers'].append('fc')
+  kept: dict[str, np.ndarray] = {}
+  for stream in streams:
+    writers = stream['writers']
+    gone = np.logical_and.reduce([edit.mask(w) for w in writers])
+    keep, last = edit.nonempty(~gone)
+    for w in writers:
+      edit.zero_outputs(w, edit.mask(w) & ~gone, _STREAM)
+      edit.zero_outputs(w, last, edit.EMPTY)
+      edit.count(w, ~keep)
+      edit.outputs(w, keep)
+      kept[w] = keep
+    for r in stream['readers']:
+      edit.inputs(r, keep)
+  for path in [p for _, p in inner] + [p for p, _ in inner]:
+    if path not in kept:
+      kept[path] = edit.narrow(path)
+  for path, before in inner:
+    edit.inputs(path, kept[before])
+  if model.widths is None and all(k.all() for k in kept.values()):
+    return model
+  return model.clone(widths=tuple((p, int(kept[p].sum()))
+                                  for p in sorted(kept)))
+
+
+_R = ResNet
+VARIANTS = {
+    # torchvision ResNets
+    'resnet18': functools.partial(_R, stage_sizes=(2, 2, 2, 2),
+                                  block=BasicBlock),
+    'resnet34': functools.partial(_R, stage_sizes=(3, 4, 6, 3),
+                                  block=BasicBlock),
+    'resnet50': functools.partial(_R, stage_sizes=(3, 4, 6, 3),
+                                  block=Bottleneck),
+    # 32x32 inputs: 3x3 stem, no max-pool, a quarter of the width
+    'resnet18_small': functools.partial(_R, stage_sizes=(2, 2, 2, 2),
+                                        block=BasicBlock, small_input=True,
+                                        width=0.25),
+    'resnet_tiny': functools.partial(_R, stage_sizes=(1, 1, 1, 1),
+                                     block=BasicBlock, small_input=True,
+                                     width=0.125),
+}
+
 SPEC = spec.register(spec.Spec(
-    'resnet', ResNet, transformer=False, classifier='fc',
-    layer_groups=_layer_groups,
-    checkpoint_names={'torchvision': spec.same_names}))
+    'resnet', ResNet, variants=VARIANTS, transformer=False, units='filters',
+    pruning_preset='pxp_groups', heatmap_preset='epsilon_gamma_box',
+    classifier='fc', layer_groups=_layer_groups, slim=_slim,
+    checkpoint_names={'torchvision': spec.same_names},
+    exports=('torchvision',)))

@@ -70,8 +70,9 @@ class Unit:
     axis: the units' axis in the site's output (-1 channels, 1 heads).
     size: how many units.
     spans: how the other axes of the site's output are summed into a
-      unit's relevance: ``space`` (conv maps: summed), ``tokens`` (dense
-      layers over tokens), ``queries`` (heads; keys are summed).
+      unit's relevance: ``space`` (conv maps and dense layers over maps,
+      ConvNeXt's MLPs: summed), ``tokens`` (dense layers over tokens),
+      ``queries`` (heads; keys are summed).
   """
 
   key: str
@@ -138,7 +139,8 @@ class Structure:
       if op.kind is Kind.CONV:
         unit_type, spans = 'filters', 'space'
       elif op.kind is Kind.DENSE:
-        spans = 'tokens'
+        # over a map (NHWC, a 1x1 conv's work) its positions are space
+        spans = 'space' if len(op.shape) == 4 else 'tokens'
         unit_type = ('projection' if op.parent in attention else
                      'output' if op.path == self.output_layer else 'neurons')
       elif op.kind is Kind.SOFTMAX and op.parent in attention:

@@ -9,9 +9,11 @@ evaluation, is left out but keeps its index).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
+import numpy as np
 
 from pxp_jax.models import layers, spec
 from pxp_jax.models.kinds import Kind
@@ -188,7 +190,50 @@ def _layer_groups(found, boundaries) -> dict[str, list[str]]:
           'fc': [op.path for op in found.of_kind(Kind.DENSE)]}
 
 
+def _slim(model: VGG, edit) -> VGG:
+  """``prune.slim`` of a VGG (``edit``: ``prune.slim.Edit``): every conv
+  filter and hidden neuron goes: a conv's next conv loses the input
+  channels; the last conv's, ``classifier.0`` loses the rows of the
+  channels in the flattened (channel-major) pool output."""
+  convs = [op.path for op in edit.found.of_kind(Kind.CONV)]
+  config, widths = [], iter(convs)
+  before = None
+  for v in model.config:
+    if v == 'M':
+      config.append(v)
+      continue
+    path = next(widths)
+    keep = edit.narrow(path)
+    if before is not None:
+      edit.inputs(path, before)
+    before = keep
+    config.append(int(keep.sum()))
+  pool = int(np.prod(model.pool_size))
+  edit.inputs('classifier.0', np.repeat(before, pool))
+  hidden = []
+  for layer, reader in (('classifier.0', 'classifier.3'),
+                        ('classifier.3', 'classifier.6')):
+    keep = edit.narrow(layer)
+    edit.inputs(reader, keep)
+    hidden.append(int(keep.sum()))
+  new = dict(config=tuple(config))
+  if tuple(hidden) != hidden_widths(model.hidden):
+    new['hidden'] = tuple(hidden)
+  return model.clone(**new)
+
+
+VARIANTS = {
+    # torchvision VGGs
+    **{f'{name}{suffix}': functools.partial(VGG, config=cfg,
+                                            batch_norm=bool(suffix))
+       for name, cfg in CONFIGS.items() for suffix in ('', '_bn')},
+    'vgg_tiny': functools.partial(VGG, config=(8, 'M', 16, 'M', 16, 'M'),
+                                  batch_norm=True, hidden=32, pool_size=(2, 2)),
+}
+
 SPEC = spec.register(spec.Spec(
-    'vgg', VGG, transformer=False, classifier='classifier.6',
-    layer_groups=_layer_groups,
-    checkpoint_names={'torchvision': spec.same_names}))
+    'vgg', VGG, variants=VARIANTS, transformer=False, units='filters',
+    pruning_preset='pxp_groups', heatmap_preset='epsilon_gamma_box',
+    classifier='classifier.6', layer_groups=_layer_groups, slim=_slim,
+    checkpoint_names={'torchvision': spec.same_names},
+    exports=('torchvision',)))

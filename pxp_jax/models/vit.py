@@ -13,6 +13,7 @@ another layout; ``pxp_jax.convert`` maps them both ways.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flax.linen as nn
@@ -245,12 +246,53 @@ def _layer_groups(found, boundaries) -> dict[str, list[str]]:
   return groups
 
 
-def _fused_qkv_heads(params, unit, found) -> np.ndarray:
-  """L1 norm of each head's query, key and value columns of ``attn.qkv``
-  (``(width, 3 * width)``, laid out as (3, heads, head_dim))."""
-  del found
-  kernel = np.abs(np.asarray(params[f'{unit.key}.qkv.kernel']))
-  return kernel.reshape(kernel.shape[0], 3, unit.size, -1).sum(axis=(0, 1, 3))
+def _unit_params(unit, found, shapes) -> tuple[spec.Share, ...]:
+  """A ViT's units own their parameters as any layer's do, and more: a
+  head owns its columns of the fused ``attn.qkv`` (laid out (3, heads,
+  head_dim)) and its rows of ``attn.proj``; an MLP neuron of ``fc1`` its
+  column and bias and its row of ``fc2``."""
+  if unit.type == 'heads':
+    return spec.fused_qkv(unit, shapes, proj='proj')
+  own = spec.layer_params(unit, found, shapes)
+  if unit.type == 'neurons' and unit.layer.endswith('.mlp.fc1'):
+    reader = unit.layer[:-len('fc1')] + 'fc2'
+    own += (spec.Share('params', f'{reader}.kernel', -2, 'reads'),)
+  return own
+
+
+_TOKEN_WIDTH = ('writes the token width, which every LayerNorm reads whole '
+                'and every block adds to')
+_QKV = ('a query, key or value channel of a head: the heads of a block keep '
+        'one width (prune heads to remove them)')
+
+
+def _slim(model: ViT, edit) -> ViT:
+  """``prune.slim`` of a ViT (``edit``: ``prune.slim.Edit``): heads lose
+  their query, key and value columns and their rows of ``proj``; ``fc1``
+  neurons their column and ``fc2``'s row. Units on the token width stay,
+  zeroed."""
+  heads, mlp = [], []
+  for i in range(model.depth):
+    attn, fc1 = f'blocks.{i}.attn', f'blocks.{i}.mlp.fc1'
+    n_heads = (model.num_heads if model.block_heads is None
+               else model.block_heads[i])
+    gone = edit.mask(attn, n_heads)
+    edit.remove(attn, gone)
+    heads.append(int((~gone).sum()))
+    gone = edit.mask(fc1)
+    edit.remove(fc1, gone)
+    mlp.append(int((~gone).sum()))
+  for key, unit in edit.units.items():
+    if (key in edit.pruned and unit.type not in ('heads', 'output')
+        and key not in edit.handled):
+      edit.zero_outputs(key, edit.mask(key), _QKV if key.endswith('.qkv')
+                        else _TOKEN_WIDTH)
+  new = {}
+  if model.block_heads is not None or any(h != model.num_heads for h in heads):
+    new['block_heads'] = tuple(heads)
+  if model.block_mlp_dims is not None or any(m != model.mlp_dim for m in mlp):
+    new['block_mlp_dims'] = tuple(mlp)
+  return model.clone(**new)
 
 
 # timm's names (ours) -> torchvision's VisionTransformer names
@@ -279,8 +321,27 @@ def _torchvision_name(name: str) -> str:
   return name
 
 
+VARIANTS = {
+    # timm's vit_{tiny,small,base}_patch16_224
+    'vit_ti16': functools.partial(ViT, width=192, depth=12, num_heads=3,
+                                  mlp_dim=768),
+    'vit_s16': functools.partial(ViT, width=384, depth=12, num_heads=6,
+                                 mlp_dim=1536),
+    'vit_b16': functools.partial(ViT, width=768, depth=12, num_heads=12,
+                                 mlp_dim=3072),
+    # 32x32 inputs, 4x4 patches
+    'vit_small_input': functools.partial(ViT, image_size=32, patch_size=4,
+                                         width=96, depth=6, num_heads=4,
+                                         mlp_dim=192),
+    'vit_tiny': functools.partial(ViT, image_size=32, patch_size=8, width=32,
+                                  depth=2, num_heads=2, mlp_dim=64),
+}
+
 SPEC = spec.register(spec.Spec(
-    'vit', ViT, transformer=True, layer_groups=_layer_groups,
-    head_weights=_fused_qkv_heads, classifier='head',
+    'vit', ViT, variants=VARIANTS, transformer=True, units='neurons',
+    pruning_preset='vit_groups', heatmap_preset='attn_lrp',
+    layer_groups=_layer_groups, unit_params=_unit_params, slim=_slim,
+    classifier='head',
     checkpoint_names={'torchvision': _torchvision_name,
-                      'timm': spec.same_names}))
+                      'timm': spec.same_names},
+    exports=('big_vision',)))

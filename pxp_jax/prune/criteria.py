@@ -126,7 +126,8 @@ class Random(Criterion):
 class Weight(Criterion):
   """L1 norm of each unit's weights: ``sum |W|`` over a filter's kernel
   (all its input channels and positions, bias excluded) or a neuron's input
-  weights; heads as the family spec reads them.
+  weights, a head's query, key and value weights: the entries of role
+  ``weights`` the family spec says each unit owns (``Spec.unit_params``).
 
   For conv filters this is the 2021 reference's weight criterion
   (``filterprune.py``: ``torch.sum(weight.abs(), dim=(1, 2, 3))`` per output
@@ -139,17 +140,39 @@ class Weight(Criterion):
             batch_size=32, mesh=None):
     del labels, batch_size, mesh
     params = flax.traverse_util.flatten_dict(variables['params'], sep='.')
+    shapes = {('params', k): np.shape(v) for k, v in params.items()}
+    spec = spec_lib.spec_for(model)
     found = None
     out = {}
     for key, unit in units.items():
-      if unit.type == 'heads':
+      if unit.type == 'heads':  # their projections are found by the trace
         found = found or structure.trace(model, variables,
                                          np.shape(images[:1]))
-        out[key] = spec_lib.spec_for(model).head_weights(params, unit, found)
+      shares = spec.params_of(unit, found, shapes, ('weights',))
+      sums = [_unit_sums(np.abs(np.asarray(params[s.name])), s, unit.size)
+              for s in shares]
+      if len(sums) == 1:
+        out[key] = sums[0]
       else:
-        kernel = np.abs(np.asarray(params[f'{unit.layer}.kernel']))
-        out[key] = kernel.reshape(-1, unit.size).sum(0)
+        out[key] = np.zeros(unit.size)
+        for part in sums:
+          out[key] += part
     return out
+
+
+def _unit_sums(weights: np.ndarray, share, size: int) -> np.ndarray:
+  """``weights`` summed over every entry but the units' (``share``'s
+  layout along its axis): (size,)."""
+  axis = share.axis % weights.ndim
+  if share.tile == share.repeat == 1:
+    if axis == weights.ndim - 1:
+      return weights.reshape(-1, size).sum(0)
+    return weights.sum(axis=tuple(i for i in range(weights.ndim)
+                                  if i != axis))
+  split = weights.reshape(weights.shape[:axis]
+                          + (share.tile, size, share.repeat)
+                          + weights.shape[axis + 1:])
+  return split.sum(axis=tuple(i for i in range(split.ndim) if i != axis + 1))
 
 
 LOSSES = ('cross_entropy', 'logit')

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pxp_jax.models import structure
+from pxp_jax.models import spec as spec_lib, structure
 
 
 class MaskedState(NamedTuple):
@@ -58,12 +58,13 @@ def param_masks(model, variables, unit_masks: Mapping[str, Any],
       one image of the model's ``image_size`` or 32 x 32, if not given).
 
   Returns:
-    float32 masks, one per parameter array: for a pruned filter or neuron 0
-    in its layer's kernel column and bias (output axis -1) and, where a
-    BatchNorm follows, in that BatchNorm's scale and bias; for a pruned
-    head 0 in its query, key and value columns (``qkv`` of
-    ``pxp_jax.models.vit``, or the ``query``/``key``/``value`` kernels of
-    flax's attention, heads on axis -2).
+    float32 masks, one per parameter array: 0 at the weights, biases and
+    BatchNorm scales and shifts the family spec says a pruned unit owns
+    (``Spec.unit_params``): for a filter or neuron its layer's kernel column
+    and bias (output axis -1) and, where a BatchNorm follows, that
+    BatchNorm's scale and bias; for a head its query, key and value columns
+    (``qkv`` of ``pxp_jax.models.vit``, or the ``query``/``key``/``value``
+    kernels of flax's attention, heads on axis -2).
   """
   if found is None:
     size = getattr(model, 'image_size', 32)
@@ -74,19 +75,11 @@ def param_masks(model, variables, unit_masks: Mapping[str, Any],
   if unknown:
     raise KeyError(f'unit masks name no unit(s) {unknown} of this model; its '
                    f'units: {", ".join(units)}')
-  params = flax.core.unfreeze(variables['params'])
-  flat = {'.'.join(k): k for k in flax.traverse_util.flatten_dict(params)}
-  leaves = flax.traverse_util.flatten_dict(params)
-  out = {k: np.ones(np.shape(v), np.float32) for k, v in leaves.items()}
-
-  def zero(path, names, axis, which):
-    for name in names:
-      key = flat.get(f'{path}.{name}')
-      if key is not None:
-        index = [slice(None)] * out[key].ndim
-        index[axis] = which
-        out[key][tuple(index)] = 0
-
+  params = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(variables['params']), sep='.')
+  shapes = {('params', k): np.shape(v) for k, v in params.items()}
+  out = {k: np.ones(np.shape(v), np.float32) for k, v in params.items()}
+  spec = spec_lib.spec_for(model)
   for key, mask in unit_masks.items():
     unit = units[key]
     mask = np.asarray(mask)
@@ -98,30 +91,13 @@ def param_masks(model, variables, unit_masks: Mapping[str, Any],
     pruned = mask == 0
     if not pruned.any():
       continue
-    if unit.type == 'heads':
-      _zero_heads(key, unit, pruned, flat, {k: v.shape for k, v in out.items()},
-                  zero)
-      continue
-    zero(unit.layer, ('kernel', 'bias'), -1, pruned)
-    if unit.site != unit.layer:
-      zero(unit.site, ('scale', 'bias'), -1, pruned)
+    for share in spec.params_of(unit, found, shapes,
+                                ('weights', 'bias', 'norm')):
+      index = [slice(None)] * out[share.name].ndim
+      index[share.axis] = share.index(pruned)
+      out[share.name][tuple(index)] = 0
   return flax.traverse_util.unflatten_dict(
-      {k: jnp.asarray(v) for k, v in out.items()})
-
-
-def _zero_heads(key, unit, pruned, flat, shapes, zero):
-  if f'{key}.qkv.kernel' in flat:  # pxp_jax ViT: columns (3, heads, dim)
-    width = shapes[flat[f'{key}.qkv.kernel']][-1]
-    zero(f'{key}.qkv', ('kernel', 'bias'), -1,
-         np.tile(np.repeat(pruned, width // 3 // unit.size), 3))
-  elif all(f'{key}.{p}.kernel' in flat for p in ('query', 'key', 'value')):
-    for part in ('query', 'key', 'value'):  # flax: kernel (in, heads, dim)
-      zero(f'{key}.{part}', ('kernel', 'bias'), -2, pruned)
-  else:
-    raise NotImplementedError(
-        f'{key}: no qkv or query/key/value parameters to mask its heads; '
-        'param_masks knows pxp_jax ViT attention and flax\'s '
-        'MultiHeadDotProductAttention')
+      {k: jnp.asarray(v) for k, v in out.items()}, sep='.')
 
 
 def apply_masks(params, masks):

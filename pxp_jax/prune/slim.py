@@ -18,9 +18,14 @@ outputs exactly the masked model's 0. A ViT's token width is read by
 LayerNorms, which mix every channel, so units writing it (the MLP's second
 layer, the patch embedding, the attention projections) stay, zeroed.
 ``Slimmed`` says how many units of each layer went and how many stayed and
-why. A plain flax model is slimmed when its convs and dense layers form a
-chain (``Narrowed``); other plain models are a NotImplementedError naming
-the layer.
+why.
+
+How a family's units go is its spec's ``slim`` function (``pxp_jax.models.
+spec``), beside its model, given an ``Edit``: the planned changes, whose
+unit-level operations read the spec's one table of which parameters each
+unit owns (``Spec.unit_params``). A plain flax model is slimmed when its
+convs and dense layers form a chain (``Narrowed``); other plain models are a
+NotImplementedError naming the layer.
 """
 
 from __future__ import annotations
@@ -37,8 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pxp_jax.models import structure
-from pxp_jax.models import resnet, vgg, vit
+from pxp_jax.models import spec as spec_lib, structure
 from pxp_jax.models.kinds import Kind
 
 
@@ -68,7 +72,8 @@ def slim(model: nn.Module, variables, masks: Mapping,
   masks)``.
 
   Args:
-    model, variables: a ResNet, VGG or ViT of ``pxp_jax.models``, or a
+    model, variables: a model of a family whose spec can slim it
+      (``pxp_jax.models``' ResNet, VGG, ViT, ConvNeXt), or a
       plain flax model whose convs and dense layers form a chain (each read
       by the next alone, through activations, BatchNorm, pooling or a
       flatten; slimmed as ``Narrowed``, checked against the masked model
@@ -95,20 +100,15 @@ def slim(model: nn.Module, variables, masks: Mapping,
   pruned = _pruned(masks, found.units())
   flat = {c: dict(flax.traverse_util.flatten_dict(
       flax.core.unfreeze(v), sep='.')) for c, v in variables.items()}
-  if isinstance(model, resnet.ResNet):
-    family = _resnet
-  elif isinstance(model, vgg.VGG):
-    family = _vgg
-  elif isinstance(model, vit.ViT):
-    family = _vit
-  else:
-    family = _chain
-  edit = _Edit(flat, found, pruned)
+  spec = spec_lib.spec_for(model)
+  family = spec.slim or _chain
+  edit = Edit(flat, found, pruned, spec)
   new_model = family(model, edit)
   for key in pruned:  # units the family does not remove: zeroed in place
     if key not in edit.handled:
-      edit.zero_in_place(key, _LOGITS if edit.units[key].type == 'output'
-                         else 'not removable in this family')
+      edit.zero_outputs(key, edit.mask(key), LOGITS
+                        if edit.units[key].type == 'output'
+                        else 'not removable in this family')
   out = {c: flax.traverse_util.unflatten_dict(
       {k: jnp.asarray(v) for k, v in edit.apply(c).items()}, sep='.')
          for c in flat}
@@ -141,13 +141,25 @@ def _pruned(masks: Mapping, units: Mapping[str, structure.Unit]
   return out
 
 
-class _Edit:
+class Edit:
   """Planned changes to flat variables: channels zeroed (on the full
-  arrays), then channels kept along an axis of each array."""
+  arrays), then channels kept along an axis of each array. A family's slim
+  function (``Spec.slim``) plans with it; ``outputs``, ``remove``,
+  ``zero_outputs`` and ``narrow`` act on a unit's parameters as its spec's
+  ``unit_params`` lists them, ``keep`` and ``inputs`` on arrays by path.
 
-  def __init__(self, flat, found, pruned):
-    self.flat, self.found, self.pruned = flat, found, pruned
+  Attributes:
+    found: the model's structure; units: its units by key.
+    pruned: unit key -> bool (units,), True where pruned.
+    removed, kept, reasons: what ``Slimmed`` reports.
+    handled: unit keys whose pruned units the family dealt with.
+  """
+
+  def __init__(self, flat, found, pruned, spec=spec_lib.GENERIC):
+    self.flat, self.found, self.pruned, self.spec = flat, found, pruned, spec
     self.units = found.units()
+    self.shapes = {(c, n): np.shape(v) for c, arrays in flat.items()
+                   for n, v in arrays.items()}
     self.keeps: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
     self.zeros: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
     self.removed: dict[str, int] = {}
@@ -161,6 +173,11 @@ class _Edit:
       return self.pruned[key]
     return np.zeros(size if size is not None else self.units[key].size, bool)
 
+  def params(self, key: str, *roles: str) -> tuple[spec_lib.Share, ...]:
+    """The spec's shares of unit ``key`` of ``roles`` (default: all)."""
+    return self.spec.params_of(self.units[key], self.found, self.shapes,
+                               roles or spec_lib.ROLES)
+
   def _arrays(self, path: str, names) -> list[tuple[str, str]]:
     return [(c, f'{path}.{n}') for c in self.flat for n in names
             if f'{path}.{n}' in self.flat[c]]
@@ -173,32 +190,37 @@ class _Edit:
     for where in self._arrays(path, names):
       self.zeros.setdefault(where, []).append((axis, which))
 
+  def _keep_shares(self, shares, keep):
+    for share in shares:
+      self.keeps.setdefault((share.collection, share.name), []).append(
+          (share.axis, share.index(keep)))
+
   def outputs(self, layer: str, keep: np.ndarray):
-    """Keep the output channels ``keep`` of a conv or dense layer and of
-    the BatchNorm after it."""
-    self.keep(layer, ('kernel', 'bias'), -1, keep)
-    site = self.units[layer].site
-    if site != layer:
-      self.keep(site, ('scale', 'bias', 'mean', 'var'), -1, keep)
+    """Keep the units ``keep`` of unit ``layer`` in its own parameters (a
+    layer's output channels and the BatchNorm after it)."""
+    self._keep_shares(self.params(layer, 'weights', 'bias', 'norm', 'stats'),
+                      keep)
 
   def inputs(self, layer: str, keep: np.ndarray):
     """Keep the input channels (kernel rows) ``keep`` of a layer."""
     self.keep(layer, ('kernel',), -2, keep)
 
+  def remove(self, key: str, gone: np.ndarray):
+    """Units ``gone`` of ``key`` removed from every parameter the spec says
+    they own, the rows of the layer that reads them included, and counted."""
+    self._keep_shares(self.params(key), ~gone)
+    self.count(key, gone)
+
   def zero_outputs(self, key: str, which: np.ndarray, reason: str):
-    """Units ``which`` of ``key`` output 0: the BatchNorm's scale and shift
-    after a conv, else the layer's kernel column and bias."""
-    unit = self.units[key]
-    if unit.type == 'heads':
-      # A head whose weights are 0 outputs 0, as one whose values are 0.
-      width = self.flat['params'][f'{key}.qkv.kernel'].shape[-1]
-      cols = np.zeros((3, unit.size, width // 3 // unit.size), bool)
-      cols[2, which] = True
-      self.zero(f'{key}.qkv', ('kernel', 'bias'), -1, cols.reshape(-1))
-    elif unit.site != unit.layer:
-      self.zero(unit.site, ('scale', 'bias'), -1, which)
-    else:
-      self.zero(unit.layer, ('kernel', 'bias'), -1, which)
+    """Units ``which`` of ``key`` output 0: the scale and shift of the
+    BatchNorm at their site if there is one, else their weights and bias."""
+    shares = (self.params(key, 'norm') or
+              self.params(key, 'weights', 'bias'))
+    if not shares and which.any():
+      raise NotImplementedError(f'{key}: no parameters to zero its units')
+    for share in shares:
+      self.zeros.setdefault((share.collection, share.name), []).append(
+          (share.axis, share.index(which)))
     if which.any():
       self.kept[key] = self.kept.get(key, 0) + int(which.sum())
       reasons = self.reasons.get(key, '')
@@ -206,12 +228,19 @@ class _Edit:
         self.reasons[key] = f'{reasons}; {reason}' if reasons else reason
     self.handled.add(key)
 
-  def zero_in_place(self, key: str, reason: str):
-    if self.units[key].type == 'heads' and not self._arrays(
-        f'{key}.qkv', ('kernel',)):
-      raise NotImplementedError(f'{key}: cannot zero the heads of this '
-                                'attention module in place')
-    self.zero_outputs(key, self.mask(key), reason)
+  @staticmethod
+  def nonempty(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keep`` with its first unit kept if it keeps none, and that unit."""
+    return nonempty(keep)
+
+  def narrow(self, layer: str) -> np.ndarray:
+    """Unit ``layer`` loses its pruned units (all but one zeroed unit if
+    every one is pruned); returns the units kept, for its readers."""
+    keep, last = nonempty(~self.mask(layer))
+    self.zero_outputs(layer, last, EMPTY)
+    self.count(layer, ~keep)
+    self.outputs(layer, keep)
+    return keep
 
   def count(self, key: str, removed: np.ndarray):
     if key in self.units:
@@ -232,154 +261,19 @@ class _Edit:
     return out
 
 
-_LOGITS = 'a logit: the output layer keeps every class'
-_EMPTY = ('the last unit of a layer pruned whole: a CNN layer keeps one '
-          '(zero) channel, as layers of zero width cannot be initialised')
+Edit.EMPTY = EMPTY = (
+    'the last unit of a layer pruned whole: a CNN layer keeps one (zero) '
+    'channel, as layers of zero width cannot be initialised')
+LOGITS = 'a logit: the output layer keeps every class'
 
 
-def _nonempty(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonempty(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """``keep`` with its first unit kept if it keeps none, and that unit."""
   if keep.any():
     return keep, np.zeros_like(keep)
   last = np.zeros_like(keep)
   last[0] = True
   return last, last
-
-
-# ResNet ----------------------------------------------------------------------
-
-_STREAM = ('writes a residual stream whose channel other layers also write '
-           '(the stem or projection shortcut and the blocks\' last convs): '
-           'a channel goes only when every writer of it is pruned')
-
-
-def _resnet(model: resnet.ResNet, edit: _Edit) -> nn.Module:
-  """Inner convs lose their pruned filters; a stream channel goes when its
-  every writer is pruned. Streams: the stem's (or a projection shortcut's)
-  output and the blocks' sums after it up to the next projection."""
-  names = ('conv1', 'conv2') if model.block.expansion == 1 else (
-      'conv1', 'conv2', 'conv3')
-  streams = [{'writers': ['conv1'], 'readers': []}]
-  inner = []  # (conv, the conv before it in its block)
-  for i, blocks in enumerate(model.stage_sizes):
-    for j in range(blocks):
-      prefix = f'layer{i + 1}.{j}.'
-      streams[-1]['readers'].append(prefix + names[0])
-      shortcut = prefix + 'downsample.0'
-      if shortcut in edit.units:
-        streams[-1]['readers'].append(shortcut)
-        streams.append({'writers': [shortcut], 'readers': []})
-      streams[-1]['writers'].append(prefix + names[-1])
-      inner += [(prefix + b, prefix + a) for a, b in zip(names, names[1:])]
-  streams[-1]['readers'].append('fc')
-  kept: dict[str, np.ndarray] = {}
-  for stream in streams:
-    writers = stream['writers']
-    gone = np.logical_and.reduce([edit.mask(w) for w in writers])
-    keep, last = _nonempty(~gone)
-    for w in writers:
-      edit.zero_outputs(w, edit.mask(w) & ~gone, _STREAM)
-      edit.zero_outputs(w, last, _EMPTY)
-      edit.count(w, ~keep)
-      edit.outputs(w, keep)
-      kept[w] = keep
-    for r in stream['readers']:
-      edit.inputs(r, keep)
-  for path in [p for _, p in inner] + [p for p, _ in inner]:
-    if path not in kept:
-      kept[path], last = _nonempty(~edit.mask(path))
-      edit.zero_outputs(path, last, _EMPTY)
-      edit.count(path, ~kept[path])
-      edit.outputs(path, kept[path])
-  for path, before in inner:
-    edit.inputs(path, kept[before])
-  if model.widths is None and all(k.all() for k in kept.values()):
-    return model
-  return model.clone(widths=tuple((p, int(kept[p].sum()))
-                                  for p in sorted(kept)))
-
-
-# VGG -------------------------------------------------------------------------
-
-
-def _vgg(model: vgg.VGG, edit: _Edit) -> nn.Module:
-  """Every conv filter and hidden neuron goes: a conv's next conv loses the
-  input channels; the last conv's, ``classifier.0`` loses the rows of the
-  channels in the flattened (channel-major) pool output."""
-  convs = [op.path for op in edit.found.of_kind(Kind.CONV)]
-  config, widths = [], iter(convs)
-  before = None
-  for v in model.config:
-    if v == 'M':
-      config.append(v)
-      continue
-    path = next(widths)
-    keep, last = _nonempty(~edit.mask(path))
-    edit.zero_outputs(path, last, _EMPTY)
-    edit.count(path, ~keep)
-    edit.outputs(path, keep)
-    if before is not None:
-      edit.inputs(path, before)
-    before = keep
-    config.append(int(keep.sum()))
-  pool = int(np.prod(model.pool_size))
-  edit.inputs('classifier.0', np.repeat(before, pool))
-  hidden = []
-  for layer, reader in (('classifier.0', 'classifier.3'),
-                        ('classifier.3', 'classifier.6')):
-    keep, last = _nonempty(~edit.mask(layer))
-    edit.zero_outputs(layer, last, _EMPTY)
-    edit.count(layer, ~keep)
-    edit.outputs(layer, keep)
-    edit.inputs(reader, keep)
-    hidden.append(int(keep.sum()))
-  new = dict(config=tuple(config))
-  if tuple(hidden) != vgg.hidden_widths(model.hidden):
-    new['hidden'] = tuple(hidden)
-  return model.clone(**new)
-
-
-# ViT -------------------------------------------------------------------------
-
-_TOKEN_WIDTH = ('writes the token width, which every LayerNorm reads whole '
-                'and every block adds to')
-_QKV = ('a query, key or value channel of a head: the heads of a block keep '
-        'one width (prune heads to remove them)')
-
-
-def _vit(model: vit.ViT, edit: _Edit) -> nn.Module:
-  """Heads lose their query, key and value columns and their rows of
-  ``proj``; ``fc1`` neurons their column and ``fc2``'s row. Units on the
-  token width stay, zeroed."""
-  heads, mlp = [], []
-  width = model.width
-  head_dim = width // model.num_heads
-  for i in range(model.depth):
-    attn, fc1 = f'blocks.{i}.attn', f'blocks.{i}.mlp.fc1'
-    n_heads = (model.num_heads if model.block_heads is None
-               else model.block_heads[i])
-    gone = edit.mask(attn, n_heads)
-    edit.count(attn, gone)
-    cols = np.repeat(~gone, head_dim)
-    edit.keep(f'{attn}.qkv', ('kernel', 'bias'), -1, np.tile(cols, 3))
-    edit.inputs(f'{attn}.proj', cols)
-    heads.append(int((~gone).sum()))
-    gone = edit.mask(fc1)
-    edit.count(fc1, gone)
-    edit.outputs(fc1, ~gone)
-    edit.inputs(f'blocks.{i}.mlp.fc2', ~gone)
-    mlp.append(int((~gone).sum()))
-  for key, unit in edit.units.items():
-    if (key in edit.pruned and unit.type not in ('heads', 'output')
-        and key not in edit.handled):
-      edit.zero_outputs(key, edit.mask(key), _QKV if key.endswith('.qkv')
-                        else _TOKEN_WIDTH)
-  new = {}
-  if model.block_heads is not None or any(h != model.num_heads for h in heads):
-    new['block_heads'] = tuple(heads)
-  if model.block_mlp_dims is not None or any(m != model.mlp_dim for m in mlp):
-    new['block_mlp_dims'] = tuple(mlp)
-  return model.clone(**new)
 
 
 # Plain flax models -------------------------------------------------------------
@@ -422,7 +316,7 @@ class Narrowed(nn.Module):
       return self.model(*args, **kwargs)
 
 
-def _chain(model: nn.Module, edit: _Edit) -> nn.Module:
+def _chain(model: nn.Module, edit: Edit) -> nn.Module:
   """A plain flax model whose convs and dense layers form a chain, each
   read by the next alone through elementwise operations, BatchNorm, pooling
   or a flatten: each loses its pruned units and the next its inputs."""
@@ -438,7 +332,7 @@ def _chain(model: nn.Module, edit: _Edit) -> nn.Module:
   params = edit.flat['params']
   features = []
   for layer, reader in zip(linear, linear[1:]):
-    keep, last = _nonempty(~edit.mask(layer))
+    keep, last = nonempty(~edit.mask(layer))
     width, rows = (params[f'{layer}.kernel'].shape[-1],
                    params[f'{reader}.kernel'].shape[-2])
     if rows == width:
@@ -458,7 +352,7 @@ def _chain(model: nn.Module, edit: _Edit) -> nn.Module:
           f'{rows} inputs of its {width} outputs (a grouped or depthwise '
           'conv, or another layer between them); evaluate the model masked '
           '(prune.sweep.masked_apply)')
-    edit.zero_outputs(layer, last, _EMPTY)
+    edit.zero_outputs(layer, last, EMPTY)
     edit.count(layer, ~keep)
     edit.outputs(layer, keep)
     edit.inputs(reader, read)
