@@ -3,7 +3,8 @@
 The data flow and the subpackages that hold it::
 
   data -> models -> lrp (rules, composites, attribute) -> prune (criteria,
-  masks, sweep) -> jobs (task, prune, search, train)
+  masks, sweep) -> search (space, objective, driver) -> jobs (task, prune,
+  search, train)
 
 ``pxp_jax.attribute`` computes LRP relevance; ``pxp_jax.composites`` holds
 the composites and ``pxp_jax.rules`` the rules. Submodules load on first use,
@@ -15,7 +16,7 @@ import importlib
 __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'evaluate',
-               'plot', 'lrp', 'prune', 'jobs')
+               'plot', 'lrp', 'prune', 'search', 'jobs')
 _ALIASES = {'composites': 'pxp_jax.lrp.composites', 'rules': 'pxp_jax.lrp.rules'}
 
 

@@ -12,6 +12,7 @@ from pxp_jax import checkpoints, composites, models
 from pxp_jax.models import structure
 from pxp_jax.jobs import search
 from pxp_jax.lrp import attribution
+from pxp_jax.search import workers
 
 
 def _config(digits_dir, **changes):
@@ -59,7 +60,7 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path,
   study = optuna.load_study(study_name=search.STUDY,
                             storage=f'sqlite:///{tmp_path / "study.db"}')
   cut = study.ask(study.best_trial.distributions)  # the search's parameters
-  monkeypatch.setattr(search, 'GRACE_S', 1)
+  monkeypatch.setattr(workers, 'GRACE_S', 1)
   time.sleep(1.0)
   compiled = attribution.compiled_programs()
   search.search(_config(digits_dir), tmp_path, n_trials=5)
