@@ -222,6 +222,7 @@ def _check_outputs(workdir, complete):
   assert not list(workdir.glob('.staging-*'))  # every output moved in
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_journal_file(digits_dir, tmp_path,
                                        compilation_cache):
   workdir = tmp_path / 'search'
@@ -361,6 +362,7 @@ def compilation_cache(tmp_path_factory):
   return tmp_path_factory.mktemp('jax_cache')
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql(digits_dir, tmp_path, postgres_url,
                                    compilation_cache):
   # Two workdirs, as on two machines: each worker writes its own outputs.

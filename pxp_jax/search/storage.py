@@ -200,7 +200,7 @@ def _open(spec: str, folder: pathlib.Path):
             url, engine_kwargs=engine_kwargs,
             heartbeat_interval=workers.HEARTBEAT_S,
             grace_period=workers.GRACE_S,
-            heartbeat_stale_trial_callback=_stale_retry())
+            heartbeat_stale_trial_callback=workers.retry())
     except ImportError as error:
       raise ImportError(_driver_hint(shown, parsed.get_backend_name(),
                                      error)) from error
@@ -219,14 +219,6 @@ def _open(spec: str, folder: pathlib.Path):
           f'{parsed.host or "localhost"}:{parsed.port or "(default port)"}, '
           f'that the database {parsed.database!r} exists and that the user '
           f'{parsed.username!r} may connect to it.') from error
-
-
-def _stale_retry():
-  """optuna's retry of a trial its RDB heartbeat found stale."""
-  with warnings.catch_warnings():  # experimental in optuna
-    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=workers.MAX_RETRY)
 
 
 def _driver_hint(shown: str, backend: str, error) -> str:

@@ -9,7 +9,7 @@ together complete exactly T. Trial n's sampler is seeded with ``seed + n``
 (``SeededPerTrial``). A running trial sends a heartbeat every
 ``HEARTBEAT_S`` seconds; one silent for ``GRACE_S`` (its worker was killed)
 is failed and queued again with its parameters (optuna's
-``RetryFailedTrialCallback``), as is a running trial no worker ever claimed.
+``RetryHeartbeatStaleTrialCallback``), as is a running trial no worker ever claimed.
 A worker whose places are all taken waits for the others' last trials
 (``run``) and takes over any that die.
 
@@ -46,10 +46,13 @@ def worker_name() -> str:
   return f'{socket.gethostname()}:{os.getpid()}'
 
 
-def retry() -> optuna.storages.RetryFailedTrialCallback:
+def retry() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
   """Queues a failed trial again with its parameters, ``MAX_RETRY`` times
-  at most."""
-  return optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+  at most (an RDB storage's heartbeat calls it too)."""
+  with warnings.catch_warnings():  # experimental in optuna
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=MAX_RETRY)
 
 
 class SeededPerTrial(optuna.samplers.BaseSampler):
