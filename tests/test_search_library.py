@@ -134,3 +134,29 @@ def test_bad_objectives_and_runs_fail_when_built():
     search.run(search.Space(), lambda *a, **k: 0.0, 0)
   with pytest.raises(ValueError, match="sampler='random' is unknown"):
     search.make_sampler('random')
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::optuna.exceptions.ExperimentalWarning')
+def test_library_search_on_a_journal_reuses_its_programs(digits_dir,
+                                                         tmp_path):
+  """Two trials on a journal storage: the second compiles nothing, the
+  study resumes from the file, and a trial's value is its composite's
+  objective."""
+  model, variables, found, references, batches, num_classes = (
+      _plain_objects(digits_dir, n_per_class=1))
+  space = search.Space.for_model(model, found, signed=(False,))
+  objective = search.Objective(model, variables, references, batches[:1],
+                               found.units('filters'), (0.0, 0.2, 0.4),
+                               num_classes, metric='auc')
+  assert objective.name == 'AUC'
+  storage = search.storage.open('journal', tmp_path)
+  study = search.run(space, objective, n_trials=2, storage=storage)
+  first, second = study.trials
+  assert second.user_attrs['compiles'] == 0
+  assert 'heartbeat' in second.user_attrs  # the journal's heartbeat
+  assert second.params == space.usual()[1]
+  assert second.value == objective(space.to_composite(second.params))
+  again = search.run(space, objective, n_trials=2,
+                     storage=search.storage.open('journal', tmp_path))
+  assert [t.value for t in again.trials] == [first.value, second.value]
