@@ -54,7 +54,7 @@ def run(n_workers: int, n_trials: int, model: str, data_dir: str,
     if p.returncode:
       raise RuntimeError(f'a worker failed:\n{out[-3000:]}')
   study = optuna.load_study(
-      study_name=search.STUDY, storage=search._Journal(  # pylint: disable=protected-access
+      study_name=search.STUDY, storage=optuna.storages.journal.JournalStorage(
           optuna.storages.journal.JournalFileBackend(
               str(workdir / 'study.journal'))))
   complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -3,8 +3,8 @@
 The data flow and the subpackages that hold it::
 
   data (sources, the few-class task and draws) -> models -> lrp (rules,
-  composites, attribute) -> prune (criteria, masks, evaluate) -> jobs (task,
-  prune, search, train)
+  composites, attribute) -> prune (criteria, masks, evaluate, fine-tune) ->
+  search (space, objective, driver) -> jobs (task, prune, search, train)
 
 ``pxp_jax.attribute`` computes LRP relevance; ``pxp_jax.composites`` holds
 the composites and ``pxp_jax.rules`` the rules. Submodules load on first use,
@@ -16,7 +16,7 @@ import importlib
 __version__ = '0.1.0'
 
 _SUBMODULES = ('models', 'convert', 'data', 'checkpoints', 'checks',
-               'plot', 'lrp', 'prune', 'jobs')
+               'plot', 'lrp', 'prune', 'search', 'jobs')
 _ALIASES = {'composites': 'pxp_jax.lrp.composites', 'rules': 'pxp_jax.lrp.rules'}
 
 

@@ -12,6 +12,7 @@ from pxp_jax import checkpoints, composites, models
 from pxp_jax.models import structure
 from pxp_jax.jobs import search
 from pxp_jax.lrp import attribution
+from pxp_jax.search import workers
 
 
 def _config(digits_dir, **changes):
@@ -29,6 +30,7 @@ def _trials(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_search_beats_the_default_and_resumes(digits_dir, tmp_path,
                                               monkeypatch):
   search.search(_config(digits_dir), tmp_path, n_trials=3)
@@ -59,7 +61,7 @@ def test_search_beats_the_default_and_resumes(digits_dir, tmp_path,
   study = optuna.load_study(study_name=search.STUDY,
                             storage=f'sqlite:///{tmp_path / "study.db"}')
   cut = study.ask(study.best_trial.distributions)  # the search's parameters
-  monkeypatch.setattr(search, 'GRACE_S', 1)
+  monkeypatch.setattr(workers, 'GRACE_S', 1)
   time.sleep(1.0)
   compiled = attribution.compiled_programs()
   search.search(_config(digits_dir), tmp_path, n_trials=5)
@@ -105,6 +107,7 @@ def test_unknown_objective_is_a_clear_error(digits_dir, tmp_path):
                   n_trials=1)
 
 
+@pytest.mark.slow
 def test_unreachable_storage_and_foreign_workdir(digits_dir, tmp_path):
   with pytest.raises(ConnectionError, match='cannot open the optuna storage'):
     search.search(_config(digits_dir, storage='postgresql://127.0.0.1:9/x'),
@@ -119,6 +122,7 @@ def test_unreachable_storage_and_foreign_workdir(digits_dir, tmp_path):
                   tmp_path / 'b', n_trials=1)
 
 
+@pytest.mark.slow
 def test_vit_search_chooses_the_attention_rule_with_three_programs(
     digits_dir, tmp_path):
   config = search_configs.get_config('model=vit_digits,runlocal')

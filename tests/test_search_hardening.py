@@ -14,6 +14,7 @@ import pytest
 from experiments.configs import search as search_configs
 from pxp_jax.jobs import search
 from pxp_jax.lrp import attribution
+from pxp_jax.search import driver, workers
 
 
 def _config(digits_dir='', **changes):
@@ -169,14 +170,14 @@ def test_study_of_another_config_names_the_file(tmp_path):
   with pytest.raises(ValueError, match=(
       f'in the file {tmp_path / "study.db"} is a search of a different '
       r'config \(differs in: .*model.*\).*new --workdir')):
-    search._study(_config(), storage, tmp_path, vit=False)
+    search._study(_config(), storage, tmp_path, search._space(_config()))
 
 
 def test_a_nan_objective_stops_the_search():
-  assert search._finite(0.5, 3, {}, 'A_PR') == 0.5
+  assert driver.finite(0.5, 3, {}, 'A_PR') == 0.5
   with pytest.raises(FloatingPointError, match='trial 3: the validation A_PR '
                      'is nan.*config.rates'):
-    search._finite(math.nan, 3, {'low.rule': 'gamma'}, 'A_PR')
+    driver.finite(math.nan, 3, {'low.rule': 'gamma'}, 'A_PR')
 
 
 def test_unknown_split_fails_before_compiling(digits_dir, tmp_path):
@@ -195,17 +196,18 @@ def test_an_extended_search_draws_new_parameters(tmp_path):
   The space leaves out the usual composites, so every trial is drawn."""
   config = _config()
   config.space.rules = ('gamma', 'alpha_beta')
+  space = search._space(config)
 
   def run(n_trials):
     storage = search._storage('', tmp_path)
-    study = search._study(config, storage, tmp_path, vit=False)
+    study = search._study(config, storage, tmp_path, space)
 
     def objective(trial):
-      params = search._suggest(trial, config.space, vit=False)
+      params = space.suggest(trial)
       return params['low.eps'] * params['fc.gamma']  # any function of them
 
-    search._run(study, objective, n_trials, deadline=time.time() + 60,
-                callbacks=[])
+    workers.run(study, storage, objective, n_trials,
+                deadline=time.time() + 60, callbacks=[])
     storage.engine.dispose()
     return [t.params for t in study.get_trials(deepcopy=False)]
 

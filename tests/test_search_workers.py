@@ -25,6 +25,7 @@ import pytest
 
 from pxp_jax import composites
 from pxp_jax.jobs import search
+from pxp_jax.search import workers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_TRIALS = 4  # the two usual composites and two drawn ones
@@ -34,7 +35,7 @@ N_TRIALS = 4  # the two usual composites and two drawn ones
 
 
 def _journal(path):
-  return search._Journal(  # pylint: disable=protected-access
+  return optuna.storages.journal.JournalStorage(
       optuna.storages.journal.JournalFileBackend(str(path)))
 
 
@@ -54,24 +55,25 @@ def test_bad_storages_are_clear_errors(tmp_path, spec, error, message):
 
 
 def test_storage_forms(tmp_path):
-  assert isinstance(search._storage('journal', tmp_path), search._Journal)
+  journal = optuna.storages.journal.JournalStorage
+  assert isinstance(search._storage('journal', tmp_path), journal)
   shared = tmp_path / 'shared'
   shared.mkdir()
   assert isinstance(search._storage(f'journal:{shared}/s.journal', tmp_path),
-                    search._Journal)
+                    journal)
   sqlite = search._storage('', tmp_path)  # pylint: disable=protected-access
   assert isinstance(sqlite, optuna.storages.RDBStorage)
-  assert sqlite.heartbeat_interval == search.HEARTBEAT_S
+  assert sqlite.heartbeat_interval == workers.HEARTBEAT_S
   assert (tmp_path / 'study.db').exists()
   url = search._storage(f'sqlite:///{tmp_path}/other.db', tmp_path)
-  assert url.grace_period == search.GRACE_S
+  assert url.grace_period == workers.GRACE_S
 
 
 def test_sampler_is_seeded_by_the_trial_number(tmp_path):
   """Trial n draws with seed + n: the same draw for the same number and
   history, a different one for another number."""
   def draws(numbers_to_skip):
-    study = optuna.create_study(sampler=search._SeededPerTrial(  # pylint: disable=protected-access
+    study = optuna.create_study(sampler=workers.SeededPerTrial(
         optuna.samplers.TPESampler, seed=7))
     for _ in range(numbers_to_skip):  # trials that hold the first numbers
       study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.FAIL))
@@ -90,7 +92,7 @@ def test_sampler_is_seeded_by_the_trial_number(tmp_path):
 def test_dead_trials_are_retried_and_live_ones_kept(tmp_path, monkeypatch):
   """A running trial whose heartbeat stopped for GRACE_S is failed and
   queued again with its parameters; one with a fresh heartbeat is not."""
-  monkeypatch.setattr(search, 'GRACE_S', 1)
+  monkeypatch.setattr(workers, 'GRACE_S', 1)
   path = tmp_path / 'study.journal'
   first, second = _journal(path), _journal(path)  # two workers' storages
   study = optuna.create_study(storage=first, study_name='s')
@@ -98,11 +100,11 @@ def test_dead_trials_are_retried_and_live_ones_kept(tmp_path, monkeypatch):
   dead.suggest_float('x', 0.0, 1.0)
   live.suggest_float('x', 0.0, 1.0)
   for t in (dead, live):
-    first.record_heartbeat(t._trial_id)  # pylint: disable=protected-access
+    assert workers.beat(t)
   time.sleep(1.5)
-  first.record_heartbeat(live._trial_id)  # pylint: disable=protected-access
+  assert workers.beat(live)
   other = optuna.load_study(storage=second, study_name='s')
-  optuna.storages.fail_stale_trials(other)
+  workers.fail_stale(other, second)
   trials = optuna.load_study(storage=_journal(path), study_name='s').trials
   assert [t.state.name for t in trials] == ['FAIL', 'RUNNING', 'WAITING']
   assert trials[2].params == dead.params
@@ -117,18 +119,19 @@ def test_n_trials_is_the_study_total_over_workers(tmp_path):
   ran = {}
 
   def worker(k):
-    study = optuna.load_study(storage=_journal(path), study_name='s',
-                              sampler=search._SeededPerTrial(  # pylint: disable=protected-access
+    storage = _journal(path)
+    study = optuna.load_study(storage=storage, study_name='s',
+                              sampler=workers.SeededPerTrial(
                                   optuna.samplers.RandomSampler, seed=0))
 
     def objective(trial):
       trial.set_user_attr('worker', k)
-      if search._surplus(study, trial, 7):  # pylint: disable=protected-access
+      if workers.surplus(study, trial, 7):
         raise optuna.TrialPruned()
       time.sleep(0.05 * (1 + k))  # unequal speeds
       return trial.suggest_float('x', 0.0, 1.0)
 
-    search._run(study, objective, 7, deadline=time.time() + 60,  # pylint: disable=protected-access
+    workers.run(study, storage, objective, 7, deadline=time.time() + 60,
                 callbacks=[])
     ran[k] = True
 
@@ -219,6 +222,7 @@ def _check_outputs(workdir, complete):
   assert not list(workdir.glob('.staging-*'))  # every output moved in
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_journal_file(digits_dir, tmp_path,
                                        compilation_cache):
   workdir = tmp_path / 'search'
@@ -358,6 +362,7 @@ def compilation_cache(tmp_path_factory):
   return tmp_path_factory.mktemp('jax_cache')
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql(digits_dir, tmp_path, postgres_url,
                                    compilation_cache):
   # Two workdirs, as on two machines: each worker writes its own outputs.
