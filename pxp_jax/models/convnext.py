@@ -284,16 +284,6 @@ def _layer_groups(found, boundaries) -> dict[str, list[str]]:
           'fc': [output]}
 
 
-def _unit_params(unit, found, shapes) -> tuple[spec.Share, ...]:
-  """A ConvNeXt's units own their layer's parameters; an ``fc1`` neuron
-  also its row of ``fc2``, the only layer that reads it."""
-  own = spec.layer_params(unit, found, shapes)
-  if unit.type == 'neurons' and unit.layer.endswith('.mlp.fc1'):
-    reader = unit.layer[:-len('fc1')] + 'fc2'
-    own += (spec.Share('params', f'{reader}.kernel', -2, 'reads'),)
-  return own
-
-
 _NORMALISED = ('a depthwise filter: its channel is normalised together with '
                'the others by the LayerNorm after it')
 _STREAM = ('writes the residual stream, which every block adds to and '
@@ -350,6 +340,6 @@ SPEC = spec.register(spec.Spec(
     rules={Kind.LAYER_NORM: {'rule': 'layer_norm_identity', 'eps': 1e-6},
            Kind.GELU: {'rule': 'identity', 'eps': 1e-6},
            Kind.SCALE: {'rule': 'gradient'}},
-    layer_groups=_layer_groups, unit_params=_unit_params, slim=_slim,
+    layer_groups=_layer_groups, unit_params=spec.mlp_params, slim=_slim,
     classifier='head.fc', checkpoint_names={'timm': spec.same_names},
     exports=('timm',), torch_layout=_torch_layout))

@@ -126,6 +126,18 @@ def layer_params(unit, found, shapes: Shapes) -> tuple[Share, ...]:
   return tuple(s for s in out if (s.collection, s.name) in shapes)
 
 
+def mlp_params(unit, found, shapes: Shapes, first: str = '.mlp.fc1',
+               second: str = '.mlp.fc2') -> tuple[Share, ...]:
+  """``layer_params``, and for a neuron of an MLP's ``first`` layer also its
+  row of ``second``, the only layer that reads it (timm's ViT and ConvNeXt
+  blocks)."""
+  own = layer_params(unit, found, shapes)
+  if unit.type == 'neurons' and unit.layer.endswith(first):
+    reader = unit.layer[:-len(first)] + second
+    own += (Share('params', f'{reader}.kernel', -2, 'reads'),)
+  return own
+
+
 def fused_qkv(unit, shapes: Shapes, proj: str | None = None
               ) -> tuple[Share, ...]:
   """A head's columns of a fused ``{unit.key}.qkv`` (kernel ``(width, 3 *

@@ -253,11 +253,7 @@ def _unit_params(unit, found, shapes) -> tuple[spec.Share, ...]:
   column and bias and its row of ``fc2``."""
   if unit.type == 'heads':
     return spec.fused_qkv(unit, shapes, proj='proj')
-  own = spec.layer_params(unit, found, shapes)
-  if unit.type == 'neurons' and unit.layer.endswith('.mlp.fc1'):
-    reader = unit.layer[:-len('fc1')] + 'fc2'
-    own += (spec.Share('params', f'{reader}.kernel', -2, 'reads'),)
-  return own
+  return spec.mlp_params(unit, found, shapes)
 
 
 _TOKEN_WIDTH = ('writes the token width, which every LayerNorm reads whole '
