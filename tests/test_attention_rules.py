@@ -66,6 +66,7 @@ ORACLE_SHAPES = [(1, 1, 1, 2), (2, 3, 4, 7), (2, 2, 3, 16), (1, 2, 2, 197)]
 
 @pytest.mark.parametrize('virtual_bias', [1.0, 0.0], ids=['vbias', 'no_bias'])
 @pytest.mark.parametrize('shape', ORACLE_SHAPES, ids=str)
+@pytest.mark.slow
 def test_softmax_zplus_matches_the_reference_oracle(x64, shape, virtual_bias):
   del x64
   worst = 0.0
@@ -104,6 +105,7 @@ def test_softmax_zplus_in_float32_is_close_to_the_oracle():
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_virtual_bias_matters_and_relevance_stays_non_negative(x64):
   del x64
   x = _scores(jax.random.key(7), (2, 3, 5, 11), 2.0)
@@ -159,6 +161,7 @@ def _vit():
   return model, variables, x
 
 
+@pytest.mark.slow
 def test_vit_attributes_with_every_attention_rule():
   model, variables, x = _vit()
   targets = jnp.array([3, 7])

@@ -45,6 +45,7 @@ def test_config_file_resolves_shipped_names_and_paths(tmp_path):
     (('--config=prune', '--config.n_per_class=1.5'),
      '--config.n_per_class=1.5'),
 ])
+@pytest.mark.slow
 def test_mistyped_configs_stop_before_running(tmp_path, args, expected):
   (tmp_path / 'mine.py').write_text('x = 1\n')
   code, stderr = _prune(*args, '--workdir=run', cwd=tmp_path)

@@ -130,6 +130,7 @@ def test_valid_configs_pass():
   assert validate.rates((0, 0.5)) == [0.0, 0.5]
 
 
+@pytest.mark.slow
 def test_data_and_model_dependent_errors_name_the_field(digits_dir, tmp_path):
   with pytest.raises(ValueError, match=r'--config.classes=\(1, 12\): \[12\] '
                      'are not classes of this model; its classes are 0 to 9'):

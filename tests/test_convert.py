@@ -78,6 +78,7 @@ def _randomise(torch_model, residual_scale=None):
 
 @pytest.mark.parametrize('name,batch,residual_scale', [
     ('resnet18', 2, None), ('resnet50', 2, (0.4, 0.8)), ('vgg16_bn', 1, None)])
+@pytest.mark.slow
 def test_torchvision_cnn_logits_match(name, batch, residual_scale):
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
@@ -124,6 +125,7 @@ def _timm_vit_tiny():
                                             pretrained=False))
 
 
+@pytest.mark.slow
 def test_timm_vit_logits_match():
   _, vit = _timm_vit_tiny()
   model, variables = convert.from_timm('vit_tiny_patch16_224', vit.state_dict())
@@ -131,6 +133,7 @@ def test_timm_vit_logits_match():
   _compare('timm vit_tiny_patch16_224', vit, model, variables, _images(2, 224))
 
 
+@pytest.mark.slow
 def test_big_vision_npz_round_trip_through_timm(tmp_path):
   timm, vit = _timm_vit_tiny()
   model, variables = convert.from_timm('vit_tiny_patch16_224', vit.state_dict())

@@ -215,6 +215,7 @@ def test_export_round_trip_through_timm(name, x64):
 # Pruning: the spec's unit table, sweep, slim ----------------------------------
 
 
+@pytest.mark.slow
 def test_masks_follow_the_spec_table(tiny):
   _, model, variables, x = tiny
   found = structure.trace(model, variables, x.shape)
@@ -251,6 +252,7 @@ def test_masks_follow_the_spec_table(tiny):
       scores[fc1], np.abs(flat[f'{fc1}.kernel']).sum(0), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_pruning_sweep_with_the_default_composite(tiny):
   _, model, variables, x = tiny
   labels = np.arange(len(x)) % CLASSES
@@ -273,6 +275,7 @@ def test_pruning_sweep_with_the_default_composite(tiny):
 
 
 @pytest.mark.parametrize('unit_type', ['neurons', 'filters', None])
+@pytest.mark.slow
 def test_slim_equals_the_masked_model(tiny, unit_type):
   _, model, variables, x = tiny
   found = structure.trace(model, variables, x.shape)
@@ -301,6 +304,7 @@ def test_slim_equals_the_masked_model(tiny, unit_type):
     assert all(small.reasons[k] for k in small.kept_masked)
 
 
+@pytest.mark.slow
 def test_a_slim_model_is_a_checkpoint(tiny, tmp_path):
   """``checkpoints.save_model`` records the slim ConvNeXt by its registry
   name and widths (``models.describe``); ``load`` rebuilds it."""

@@ -35,6 +35,7 @@ def _records(source):
   return [source[i] for i in range(len(source))]
 
 
+@pytest.mark.slow
 def test_digits_prepares_and_reads_without_tensorflow(tmp_path):
   # A fresh process, so nothing else has imported TensorFlow; where it is
   # installed, TFDS would import it lazily if it needed it.

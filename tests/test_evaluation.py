@@ -38,6 +38,7 @@ def _by_hand(model, variables, x, labels, masks=None, classes=None):
   return float(np.mean(np.argmax(logits, -1) == labels))
 
 
+@pytest.mark.slow
 def test_accuracy_takes_masks_and_classes(setup):
   model, variables, x, labels, units, batches = setup
   assert prune.accuracy(model, variables, batches) == 0.5
@@ -62,6 +63,7 @@ def test_accuracy_takes_masks_and_classes(setup):
     prune.accuracy(model, variables, [])
 
 
+@pytest.mark.slow
 def test_evaluate_gives_named_curves_and_their_summaries(setup, monkeypatch):
   model, variables, x, labels, units, batches = setup
   rng = np.random.default_rng(1)
@@ -105,6 +107,7 @@ def test_evaluate_gives_named_curves_and_their_summaries(setup, monkeypatch):
   assert not traces and again.accuracy['random'].shape == (3, 3)
 
 
+@pytest.mark.slow
 def test_evaluate_without_rate_zero_measures_the_unpruned_model(setup):
   model, variables, _, _, units, batches = setup
   scores = {'weight': {k: np.arange(u.size, dtype=float)

@@ -93,6 +93,7 @@ def test_linear_model_by_hand():
                              jax.nn.sigmoid(morf.logit[0]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_x_input_perturbs_in_the_order_of_the_contributions():
   rng = np.random.default_rng(0)
   h, w, c = 6, 6, 3
@@ -130,6 +131,7 @@ def test_gradient_x_input_perturbs_in_the_order_of_the_contributions():
                             chance.order)
 
 
+@pytest.mark.slow
 def test_curves_match_an_explicit_loop_of_model_calls():
   """Our one program against perturbing patch by patch in numpy and calling
   the model on each image (LeRF, every 5th patch, cut border patches,
@@ -173,6 +175,7 @@ def test_curves_match_an_explicit_loop_of_model_calls():
   np.testing.assert_allclose(ours.probability, probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_compiled_program_for_every_step_heatmap_order_and_baseline():
   calls = []
 
@@ -229,6 +232,7 @@ def test_bad_arguments_are_clear_errors():
     faithfulness.patch_ids(4, 4, 0)
 
 
+@pytest.mark.slow
 def test_region_perturbation_and_pixel_flipping_match_quantus():
   """Our curves against Quantus's RegionPerturbation and PixelFlipping on a
   torchvision ResNet-18 (random weights) and its converted twin, with the
@@ -332,6 +336,7 @@ def test_similarities_match_scipy_with_ties():
   np.testing.assert_array_equal(faithfulness.pearson(a, zero), 0)
 
 
+@pytest.mark.slow
 def test_stability_is_exactly_one_unpruned_and_falls_with_pruning():
   model, variables = checkpoints.load('vit_digits')
   rng = np.random.default_rng(0)
@@ -366,6 +371,7 @@ def _prune_config(digits_dir, model='resnet_digits', **changes):
   return config
 
 
+@pytest.mark.slow
 def test_prune_job_writes_stability_and_faithfulness(digits_dir, tmp_path):
   config = _prune_config(digits_dir, stability=4, faithfulness=4)
   config.perturbation.steps = 16
@@ -387,6 +393,7 @@ def test_prune_job_writes_stability_and_faithfulness(digits_dir, tmp_path):
     assert (tmp_path / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_prune_job_stability_of_vit_heads(digits_dir, tmp_path):
   config = _prune_config(digits_dir, 'vit_digits', units='heads',
                          stability=3)
@@ -408,6 +415,7 @@ def test_prune_job_option_errors(digits_dir, tmp_path):
     prune.prune(config, tmp_path / 'b')
 
 
+@pytest.mark.slow
 def test_search_job_writes_faithfulness(digits_dir, tmp_path, capsys):
   config = search_configs.get_config('model=resnet_digits,runlocal')
   config.data_dir = digits_dir

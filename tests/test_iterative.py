@@ -28,6 +28,7 @@ class _Net(nn.Module):
     return nn.Dense(3, name='out')(x)
 
 
+@pytest.mark.slow
 def test_masked_optax_keeps_pruned_parameters_at_zero():
   model = _Net()
   x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
@@ -87,6 +88,7 @@ def test_masked_optax_keeps_pruned_parameters_at_zero():
 
 
 @pytest.mark.parametrize('name', ['resnet_digits', 'vit_digits'])
+@pytest.mark.slow
 def test_zeroed_parameters_compute_the_masked_model(name):
   """A filter with its BatchNorm, a neuron, a head: zeroing the parameters
   ``param_masks`` names gives ``masked_apply``'s logits."""

@@ -66,6 +66,7 @@ VIT_L16 = dict(low=['patch_embed.proj', *_vit_blocks(range(0, 6))],
     ('vit_b16', {}, VIT_B16),
     ('vit_b16', dict(depth=24, width=64, num_heads=4, mlp_dim=64), VIT_L16),
 ])
+@pytest.mark.slow
 def test_groups_are_the_reference_stages(name, overrides, expected):
   model = models.create(name, num_classes=10, **overrides)
   groups = composites.layer_groups(model)

@@ -37,6 +37,7 @@ def _prune_config(digits_dir, **changes):
   return config
 
 
+@pytest.mark.slow
 def test_prune_job_logs_its_results_and_config(digits_dir, tmp_path):
   prune.prune(_prune_config(digits_dir), tmp_path)
   results = json.loads((tmp_path / 'results.json').read_text())
@@ -53,6 +54,7 @@ def test_prune_job_logs_its_results_and_config(digits_dir, tmp_path):
   assert hparams['mesh.data'] == -1  # nested fields flattened
 
 
+@pytest.mark.slow
 def test_train_job_logs_every_epoch(digits_dir, tmp_path):
   config = train_configs.get_config('model=resnet_digits,runlocal')
   config.update(dict(model='resnet_tiny', batch_size=128, num_epochs=1,
@@ -73,6 +75,7 @@ def test_train_job_logs_every_epoch(digits_dir, tmp_path):
   assert hparams['model'] == 'resnet_tiny'
 
 
+@pytest.mark.slow
 def test_tensorboard_off_writes_no_events(digits_dir, tmp_path):
   prune.prune(_prune_config(digits_dir, criteria=('weight',),
                             tensorboard=False), tmp_path)

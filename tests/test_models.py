@@ -18,6 +18,7 @@ def _size(name):
 
 
 @pytest.mark.parametrize('name', models.names())
+@pytest.mark.slow
 def test_every_registered_model_builds(name):
   model = models.create(name, num_classes=7)
   x = jnp.zeros((2, _size(name), _size(name), 3), jnp.float32)
@@ -67,6 +68,7 @@ def test_vgg_paths_mirror_torchvision():
   assert seen['avgpool'] == 'AdaptiveAvgPool'
 
 
+@pytest.mark.slow
 def test_vit_attention_parts_are_named_modules():
   seen = _called_paths('vit_tiny')
   expected = {'patch_embed.proj': 'Conv', 'blocks.1.norm1': 'LayerNorm',
@@ -132,6 +134,7 @@ def test_max_pool_and_its_gradient_match_torch(window, stride, padding, x64):
 @pytest.mark.parametrize('kernel,stride,padding', [
     (7, 2, ((3, 3), (3, 3))), (3, 2, ((1, 1), (1, 1))), (5, 3, ((2, 1), (0, 2))),
     (4, 4, 'VALID'), (3, 2, 'SAME')])
+@pytest.mark.slow
 def test_strided_conv_and_its_gradients_equal_lax(kernel, stride, padding,
                                                   x64):
   """The space-to-depth input gradient changes no value or gradient."""

@@ -50,6 +50,7 @@ def test_keep_one_never_empties_a_layer():
       1 - np.asarray(out['big'][1])).sum() == int(12 * 0.9)
 
 
+@pytest.mark.slow
 def test_bad_rates_units_and_criteria_are_clear_errors():
   for bad in ([0.5, 1.0], [0.0, 0.5, 0.3], [0.0, 0.2, 0.2], [-0.1, 0.5]):
     with pytest.raises(ValueError, match=r'rates must be increasing and lie '
@@ -78,6 +79,7 @@ def test_all_ones_mask_is_the_unpruned_model_and_zero_silences_units():
   np.testing.assert_allclose(logits, logits[:1].repeat(len(x), 0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_heads_and_neurons_masks_act_on_a_vit():
   model, variables, x, found = _setup('vit_tiny')
   heads = found.units('heads')
@@ -93,6 +95,7 @@ def test_heads_and_neurons_masks_act_on_a_vit():
                          base)
 
 
+@pytest.mark.slow
 def test_a_whole_sweep_is_one_compiled_program(monkeypatch):
   traces = []
   original = structure.trace
@@ -198,6 +201,7 @@ def test_taylor_logit_equals_activation_times_gradient():
   np.testing.assert_allclose(taylor, expected, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_pruned_units_pruned_and_recovers():
   from pxp_jax.prune import finetune  # pylint: disable=g-import-not-at-top
   import itertools  # pylint: disable=g-import-not-at-top

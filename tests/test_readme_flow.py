@@ -21,6 +21,7 @@ def _flow_and_table():
   return code, float(row.group(1))
 
 
+@pytest.mark.slow
 def test_readme_flow_runs_and_reproduces_the_prune_job(digits_dir, tmp_path,
                                                        monkeypatch, capsys):
   code, job_a_pr = _flow_and_table()

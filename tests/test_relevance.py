@@ -46,6 +46,7 @@ def _float64(x64):
 
 
 @pytest.mark.parametrize('name', ['resnet_tiny', 'vgg_tiny'])
+@pytest.mark.slow
 def test_cnn_conserves_relevance_end_to_end(name):
   model, variables, x = _model(name, jnp.float64)
   result = pxp_jax.attribute(model, variables, x, jnp.array([3, 7]),
@@ -61,6 +62,7 @@ def test_cnn_conserves_relevance_end_to_end(name):
       np.testing.assert_array_less(0, np.abs(totals[f'{block}.conv2']))
 
 
+@pytest.mark.slow
 def test_vit_conserves_relevance_with_cp_lrp():
   """CP-LRP is conservative once biases, class token and position embeddings
   (which absorb relevance) are zero; AttnLRP's softmax rule is not."""
@@ -76,6 +78,7 @@ def test_vit_conserves_relevance_with_cp_lrp():
 
 
 @pytest.mark.parametrize('attention', ['attn_lrp', 'cp_lrp'])
+@pytest.mark.slow
 def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
     attention):
   model, variables, x = _model('vit_tiny', jnp.float64)
@@ -109,6 +112,7 @@ def test_vit_groups_cover_blocks_in_order_and_default_to_attn_and_cp_lrp(
 
 
 @pytest.mark.parametrize('name', ['resnet_tiny', 'vit_tiny'])
+@pytest.mark.slow
 def test_units_alone_equal_the_full_attribution(name):
   model, variables, x = _model(name, jnp.float64)
   composite = composites.for_model(model)
@@ -120,6 +124,7 @@ def test_units_alone_equal_the_full_attribution(name):
     np.testing.assert_array_equal(units.units[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_units_cover_filters_neurons_and_heads():
   model, variables, x = _model('vit_tiny')
   result = pxp_jax.attribute(model, variables, x, jnp.array([0, 1]),
@@ -148,6 +153,7 @@ def _count_traces(monkeypatch):
   return traces
 
 
+@pytest.mark.slow
 def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
   traces = _count_traces(monkeypatch)
   model, variables, x = _model('resnet_tiny', jnp.float64)
@@ -175,6 +181,7 @@ def test_rule_choice_and_hyperparameters_do_not_recompile(monkeypatch):
                                atol=1e-12 * np.abs(dynamic).max())
 
 
+@pytest.mark.slow
 def test_fixed_rules_recompile_only_for_a_new_rule(monkeypatch):
   traces = _count_traces(monkeypatch)
   model, variables, x = _model('resnet_tiny')
@@ -235,6 +242,7 @@ def test_fold_needs_the_batch_norm_canonizer_and_groups_follow_the_spec():
                      composites.layer_groups(model, found).items()}
   assert planned['fc'] == ['fc'] and 'conv1' in planned['low']
 
+@pytest.mark.slow
 def test_zero_target_logit_is_reported():
   model = models.create('vit_tiny')  # a zero-initialised head: zero logits
   x = jnp.ones((1, 32, 32, 3))
@@ -251,6 +259,7 @@ def test_zero_denominator_is_reported():
                       jnp.array([0, 1]), _epsilon_everywhere(0.0))
 
 
+@pytest.mark.slow
 def test_attribute_runs_under_jit_and_vmap():
   model, variables, x = _model('resnet_tiny', jnp.float64)
   comp = composites.epsilon_plus()
@@ -298,6 +307,7 @@ print('sharded ok')
 '''
 
 
+@pytest.mark.slow
 def test_attribute_runs_sharded_over_the_batch():
   """Data-parallel: inputs sharded over 4 (host) devices give the same
   relevance, and the result stays sharded."""

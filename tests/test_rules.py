@@ -151,6 +151,7 @@ def test_rules_told_the_input_is_non_negative_match_the_reference(layer, name):
 
 @pytest.mark.parametrize('name', ['epsilon', 'zplus', 'gamma', 'alpha_beta',
                                   'zbox', 'wsquare'])
+@pytest.mark.slow
 def test_conv_rule_equals_dense_rule_on_the_conv_matrix(name):
   """A conv is a dense layer with a structured matrix: the rule must agree."""
   rng = np.random.default_rng(1)
@@ -216,6 +217,7 @@ def test_identity_rule_passes_relevance_through_gelu():
   np.testing.assert_allclose(x * vjp(r / gelu(x))[0], r, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_layer_norm_rule_is_epsilon_with_constant_std():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(3, 6))

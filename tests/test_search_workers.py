@@ -111,6 +111,7 @@ def test_dead_trials_are_retried_and_live_ones_kept(tmp_path, monkeypatch):
   assert trials[2].system_attrs['failed_trial'] == dead.number
 
 
+@pytest.mark.slow
 def test_n_trials_is_the_study_total_over_workers(tmp_path):
   """Three workers (threads with storages of their own, as processes have)
   with n_trials=7 together complete exactly 7 trials, none twice."""

@@ -114,6 +114,7 @@ def _stream_writers(keys):
   return streams
 
 
+@pytest.mark.slow
 def test_resnet_filters_at_rates(digits):
   x, y = digits
   model, variables = checkpoints.load('resnet_digits')
@@ -178,6 +179,7 @@ def test_resnet_every_filter_pruned(digits):
   assert _params(small.variables) < _params(variables) / 100
 
 
+@pytest.mark.slow
 def test_bottleneck_resnet(digits):
   x, y = digits
   model = models.create('resnet50', 10, small_input=True, width=1 / 16,
@@ -240,6 +242,7 @@ def test_vgg_flatten_rows_follow_channels(digits):
 # ViT --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vit_neurons_and_heads_at_rates(digits):
   x, y = digits
   model, variables = checkpoints.load('vit_digits')
@@ -341,6 +344,7 @@ class _Depthwise(nn.Module):
     return nn.Dense(10, name='fc')(x.mean((1, 2)))
 
 
+@pytest.mark.slow
 def test_plain_flax_chain(digits):
   x, _ = digits
   model = _PlainCNN()

@@ -66,6 +66,7 @@ def _random_variables(model, shape, seed=0):
     ('resnet_digits', ('filters',), ('widths',)),
     ('vit_digits', ('heads', 'neurons'), ('block_heads', 'block_mlp_dims')),
 ])
+@pytest.mark.slow
 def test_slim_checkpoint_round_trip(digits, tmp_path, name, units, attributes):
   x, y = digits
   model, variables = checkpoints.load(name)
@@ -95,6 +96,7 @@ def test_slim_checkpoint_round_trip(digits, tmp_path, name, units, attributes):
 # The prune job -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prune_job_size_report_and_export(digits_dir, tmp_path):
   from experiments.configs import prune as prune_configs  # pylint: disable=g-import-not-at-top
   from pxp_jax.jobs import prune  # pylint: disable=g-import-not-at-top
@@ -221,6 +223,7 @@ def _torch_resnet18(model, state):
   return torch_model
 
 
+@pytest.mark.slow
 def test_slim_resnet_digits_export_loads_into_torchvision(digits, x64):
   del x64
   x, y = digits
@@ -235,6 +238,7 @@ def test_slim_resnet_digits_export_loads_into_torchvision(digits, x64):
            x)
 
 
+@pytest.mark.slow
 def test_resnet18_export_loads_into_plain_torchvision(x64, tmp_path):
   del x64
   model = models.create('resnet18', num_classes=10)
@@ -253,6 +257,7 @@ def test_resnet18_export_loads_into_plain_torchvision(x64, tmp_path):
 
 
 @pytest.mark.parametrize('rate', [0.0, 0.5])
+@pytest.mark.slow
 def test_vgg_export_loads_into_torchvision(digits, x64, rate):
   del x64
   x, y = digits

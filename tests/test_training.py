@@ -34,6 +34,7 @@ def _setup():
   return model, variables, dict(image=x, label=y)
 
 
+@pytest.mark.slow
 def test_train_step_is_the_plain_optax_step_with_batch_statistics():
   model, variables, batch = _setup()
   tx = optax.sgd(0.1, 0.9)
@@ -93,6 +94,7 @@ def test_optimizer_holds_its_numbers_in_its_state():
     training.optimizer('adam')
 
 
+@pytest.mark.slow
 def test_fine_tune_keeps_pruned_parameters_under_weight_decay_one_program():
   model, variables, batch = _setup()
   masks = {'conv': np.array([1, 0, 1, 1, 0, 1], np.float32),

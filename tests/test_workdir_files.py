@@ -68,6 +68,7 @@ def test_a_second_job_on_a_workdir_is_refused_until_the_first_ends(tmp_path):
     pass
 
 
+@pytest.mark.slow
 def test_a_critical_section_waits_for_the_process_holding_it(tmp_path):
   """``critical``: the search's workers take turns (they wait, unlike a
   second job); the job lock does not block it."""
