@@ -20,6 +20,7 @@ from pxp_jax import attribute, composites, convert, models, prune
 from pxp_jax.models import convnext, structure
 from pxp_jax.models.kinds import Kind
 from pxp_jax.prune import criteria
+import torch_twins  # pylint: disable=g-bad-import-order
 
 torch = pytest.importorskip('torch')
 timm = pytest.importorskip('timm')
@@ -456,35 +457,15 @@ def _twin_state(timm_state):
 
 
 def _zennit_relevance(twin, x, targets, composite):
-  from zennit.attribution import Gradient  # pylint: disable=g-import-not-at-top
-  grads = {}
-
-  def capture(path):
-    def hook(module, inputs, output):
-      del module, inputs
-      output.register_hook(lambda g: grads.__setitem__(path, g.detach()))
-    return hook
-
-  inputs = _nchw(x).requires_grad_(True)
-  one_hot = torch.nn.functional.one_hot(torch.from_numpy(targets).long(),
-                                        CLASSES).double()
-  with Gradient(twin, composite) as attributor:
-    handles = [m.register_forward_hook(capture(p))
-               for p, m in twin.paths().items()]
-    try:
-      logits, relevance = attributor(inputs, one_hot)
-    finally:
-      for handle in handles:
-        handle.remove()
+  logits, relevance, grads = torch_twins.zennit_relevance(
+      twin, x, targets, composite, twin.paths(), CLASSES)
   units = {}
   for path, g in grads.items():
-    module = twin.paths()[path]
-    if isinstance(module, torch.nn.Conv2d):
+    if isinstance(twin.paths()[path], torch.nn.Conv2d):
       units[path] = g.sum((2, 3)).numpy()
     else:  # linear layers over NHWC maps, or the head
       units[path] = g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).numpy()
-  return (logits.detach().numpy(),
-          relevance.detach().numpy().transpose(0, 2, 3, 1), units)
+  return logits, relevance, units
 
 
 def _zennit_composite(purpose):

@@ -33,7 +33,6 @@ pytest.importorskip('zennit')
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from zennit import composites as zc
-from zennit.attribution import Gradient
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from pxp_jax import attribute, composites, convert
@@ -169,29 +168,12 @@ def _observed_layers(torch_model):
 def _zennit_relevance(torch_model, x, targets, composite):
   """zennit's (logits, NHWC input relevance, {layer: (batch, units)})."""
   layers = _observed_layers(torch_model)
-  grads = {}
-
-  def capture(path):
-    def hook(module, inputs, output):
-      del module, inputs
-      output.register_hook(lambda g: grads.__setitem__(path, g.detach()))
-    return hook
-
-  inputs = _nchw(x).requires_grad_(True)
-  one_hot = torch.nn.functional.one_hot(torch.from_numpy(targets).long(),
-                                        1000).double()
-  with Gradient(torch_model, composite) as attributor:
-    handles = [m.register_forward_hook(capture(p)) for p, m in layers.items()]
-    try:
-      logits, relevance = attributor(inputs, one_hot)
-    finally:
-      for handle in handles:
-        handle.remove()
+  logits, relevance, grads = torch_twins.zennit_relevance(
+      torch_model, x, targets, composite, layers, 1000)
   units = {p: (g.sum((2, 3)) if g.ndim == 4 else g).numpy()
            for p, g in grads.items()}
   assert set(units) == set(layers), set(layers) - set(units)
-  return (logits.detach().numpy(),
-          relevance.detach().numpy().transpose(0, 2, 3, 1), units)
+  return logits, relevance, units
 
 
 def _relative(ours, theirs):
