@@ -41,7 +41,6 @@ from zennit import composites as zc
 from zennit import layer as zl
 from zennit import rules as zr
 from zennit import types as zt
-from zennit.attribution import Gradient
 from zennit.canonizers import NamedMergeBatchNorm
 from lxt.explicit import functional as lf
 
@@ -53,6 +52,7 @@ from pxp_jax.models import kinds
 from pxp_jax.models.kinds import Kind
 from pxp_jax.prune import criteria
 import ties
+import torch_twins
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 pytestmark = [
@@ -282,29 +282,12 @@ def _zennit(net, x, targets, composite):
   modules = dict(net.named_modules())
   observed = {key: modules[CNN_BATCH_NORMS.get(key, key)]
               for key in (*CNN_FILTERS, 'fc', 'head')}
-  grads = {}
-
-  def capture(key):
-    def hook(module, inputs, output):
-      del module, inputs
-      output.register_hook(lambda g: grads.__setitem__(key, g.detach()))
-    return hook
-
-  inputs = _nchw(x).requires_grad_(True)
-  one_hot = F.one_hot(torch.from_numpy(targets), CLASSES).double()
-  with Gradient(net, composite) as attributor:
-    handles = [m.register_forward_hook(capture(k))
-               for k, m in observed.items()]
-    try:
-      logits, relevance = attributor(inputs, one_hot)
-    finally:
-      for handle in handles:
-        handle.remove()
+  logits, relevance, grads = torch_twins.zennit_relevance(
+      net, x, targets, composite, observed, CLASSES)
   units = {k: (g.sum((2, 3)) if g.ndim == 4 else g).numpy()
            for k, g in grads.items()}
   assert set(units) == set(observed)
-  return (logits.detach().numpy(),
-          relevance.detach().numpy().transpose(0, 2, 3, 1), units)
+  return logits, relevance, units
 
 
 def _compare_with_zennit(result, zennit, label):
